@@ -1,0 +1,225 @@
+"""A local GCS-compatible server on 127.0.0.1, for the demo, the tests and the benchmarks.
+
+It runs gcp-storage-emulator (the ``local`` extra) in a subprocess, after patching four places
+where that emulator (pinned: 2026.7.19) departs from GCS in ways that would hide bugs in a
+resumable-upload client. Each patch restores what GCS does:
+
+1. A status query on a session that holds 0 bytes answers 308 *without* ``Range`` (the
+   emulator says ``bytes=0-0``: a client trusting it would resume at byte 1).
+2. A non-final chunk whose length is not a multiple of 256 KiB is refused with 400 (the
+   emulator accepts it, so a client could pass here and fail on GCS).
+3. A status query (or any PUT) on a session that already finalized answers 200 with the
+   object's metadata (the emulator answers 404, which makes a lost finalize answer look like
+   a lost session).
+4. ``DELETE`` on a session URL cancels it: 499, and the session is gone (the emulator answers
+   501 and keeps it).
+5. ``ifGenerationMatch=0`` on a resumable initiate is refused with 412 when the object
+   exists (the emulator ignores preconditions).
+
+The server is single-threaded: a stalled connection blocks every other client, so faults
+are injected by a proxy in front of it, never by holding a request open against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+__all__ = ["LocalGCS", "free_port"]
+
+_UPLOAD_UNIT = 256 * 1024
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalGCS:
+    """Start and stop the patched emulator as a subprocess; ``url`` is its endpoint.
+
+    Use ``with LocalGCS() as gcs:``, then point clients at it with
+    ``STORAGE_EMULATOR_HOST=gcs.url`` (or :meth:`client`).
+    """
+
+    def __init__(self, *, port: int | None = None, data_dir: str | None = None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> LocalGCS:
+        args = [sys.executable, "-m", "gcs_log_sink._localgcs", "--port", str(self.port)]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        self._process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the local GCS server exited with {self._process.returncode}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(self.url + "/", timeout=1) as answer:  # noqa: S310
+                    if answer.status == 200:
+                        return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the local GCS server did not answer on {self.url} in {timeout} s")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def wipe(self, *, keep_buckets: bool = True) -> None:
+        """Delete every object (and, unless ``keep_buckets``, every bucket)."""
+        suffix = "?keep-buckets=1" if keep_buckets else ""
+        with urllib.request.urlopen(self.url + "/wipe" + suffix, timeout=10):  # noqa: S310
+            pass
+
+    def client(self) -> Any:
+        """A ``google.cloud.storage.Client`` with anonymous credentials, pointed here."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project="test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.url},
+        )
+
+    def __enter__(self) -> LocalGCS:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Status:
+    """An ``HTTPStatus`` look-alike for codes the stdlib does not name (499)."""
+
+    def __init__(self, value: int, phrase: str) -> None:
+        self.value = value
+        self.phrase = phrase
+
+
+def _patch_emulator() -> None:  # pragma: no cover - runs in the server subprocess
+    from gcp_storage_emulator.exceptions import BadRequest, NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    finalized: dict[str, dict[str, Any]] = {}
+    original_finalize = objects._finalize_resumable_object
+    original_chunk = objects._handle_resumable_chunk
+    original_upload_partial = objects.upload_partial
+    original_insert = objects.insert
+
+    def resumable_incomplete(
+        response: Any, storage: Any, upload_id: str, fallback_end: int = 0
+    ) -> None:
+        response.status = objects.GoogleHTTPStatus.RESUME_INCOMPLETE
+        received = storage.get_resumable_byte_count(upload_id)
+        if received > 0:  # patch 1: no Range while nothing is held
+            response["Range"] = f"bytes=0-{received - 1}"
+
+    def finalize(response: Any, storage: Any, obj: Any, data: bytes, upload_id: str) -> None:
+        original_finalize(response, storage, obj, data, upload_id)
+        finalized[upload_id] = obj
+
+    def handle_chunk(response: Any, storage: Any, upload_id: str, chunk: bytes, parsed: Any) -> Any:
+        if parsed["total"] is None and len(chunk) % _UPLOAD_UNIT:  # patch 2
+            raise BadRequest(
+                f"non-final chunk of {len(chunk)} bytes is not a multiple of {_UPLOAD_UNIT}"
+            )
+        return original_chunk(response, storage, upload_id, chunk, parsed)
+
+    def upload_partial(request: Any, response: Any, storage: Any, *args: Any, **kw: Any) -> Any:
+        upload_id = request.query.get("upload_id", [""])[0]
+        if upload_id in finalized:  # patch 3
+            response.json(finalized[upload_id])
+            return None
+        return original_upload_partial(request, response, storage, *args, **kw)
+
+    def cancel(request: Any, response: Any, storage: Any, *args: Any, **kw: Any) -> None:
+        upload_id = request.query.get("upload_id", [""])[0]
+        try:  # patch 4
+            storage.delete_resumable_file_obj(upload_id)
+        except NotFound:
+            response.status = HTTPStatus.NOT_FOUND
+            return
+        with contextlib.suppress(Exception):
+            storage._delete_file("_resumable", storage.safe_id(upload_id))
+        response.status = _Status(499, "Client Closed Request")
+
+    def insert(request: Any, response: Any, storage: Any, *args: Any, **kw: Any) -> Any:
+        query = request.query
+        if query.get("uploadType") == ["resumable"] and query.get("ifGenerationMatch") == ["0"]:
+            name = (query.get("name") or [None])[0] or (request.data or {}).get("name")
+            try:  # patch 5
+                storage.get_file_obj(request.params["bucket_name"], name)
+            except NotFound:
+                pass
+            else:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+                return None
+        return original_insert(request, response, storage, *args, **kw)
+
+    objects._resumable_incomplete = resumable_incomplete
+    objects._finalize_resumable_object = finalize
+    objects._handle_resumable_chunk = handle_chunk
+    objects.upload_partial = upload_partial
+    objects.insert = insert
+
+    # server.py captures handler functions in HANDLERS when imported: import it only now.
+    from gcp_storage_emulator import server
+
+    patched = []
+    for regex, handlers in server.HANDLERS:
+        if handlers.get("PUT") is original_upload_partial:
+            handlers = {**handlers, "PUT": upload_partial, "DELETE": cancel}
+        patched.append((regex, handlers))
+    server.HANDLERS = tuple(patched)
+
+
+def _main(argv: list[str] | None = None) -> None:  # pragma: no cover - subprocess
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    _patch_emulator()
+    from gcp_storage_emulator.__main__ import main as emulator_main
+
+    emulator_args = []
+    if args.data_dir:
+        emulator_args += ["-d", os.path.abspath(args.data_dir)]
+    emulator_args += ["start", "--host", "127.0.0.1", "--port", str(args.port), "-q"]
+    if not args.data_dir:
+        emulator_args.append("--in-memory")
+    emulator_main(emulator_args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()

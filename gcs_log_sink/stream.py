@@ -1,0 +1,400 @@
+"""GCSObjectStream: a write-only file that streams into one GCS object, chunk by chunk.
+
+The bytes live in a :class:`._chunks.ChunkBuffer` until GCS confirms them; the protocol is
+the pure :mod:`._protocol`; which failures are retried and for how long is :mod:`._retry`.
+This module only drives them: it sends, sleeps between tries, and raises typed errors.
+
+Recovery rule: after any failure where the server may have seen the request (a reset, a
+timeout, a 5xx, a 429), ask the session how many bytes it holds and continue from exactly
+there. Never resend blindly: a resent chunk at a stale offset is how duplicates are made.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
+
+from . import errors
+from ._chunks import UPLOAD_UNIT, ChunkBuffer, crc32c_base64, next_chunk_length
+from ._protocol import (
+    Finalized,
+    Persisted,
+    Request,
+    cancel_request,
+    chunk_request,
+    error_message,
+    initiate_request,
+    parse_session_url,
+    parse_upload_answer,
+    status_request,
+)
+from ._retry import Attempt, RetryPolicy, Verdict, classify_status
+from ._transport import Answer, CredentialsError, Transport, TransportError, user_agent
+from .naming import validate_bucket_name, validate_object_name
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "GCSObjectStream"]
+
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+
+
+def validate_chunk_size(chunk_size: int) -> int:
+    """``chunk_size`` if it is a positive multiple of 256 KiB, else a clear error."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise errors.ConfigurationError(
+            f"chunk_size must be an int, not {type(chunk_size).__name__}"
+        )
+    if chunk_size <= 0 or chunk_size % UPLOAD_UNIT:
+        raise errors.ConfigurationError(
+            f"chunk_size must be a positive multiple of 256 KiB ({UPLOAD_UNIT} bytes), "
+            f"got {chunk_size}"
+        )
+    return chunk_size
+
+
+def _positive_seconds(option: str, value: float, *, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise errors.ConfigurationError(f"{option} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise errors.ConfigurationError(f"{option} must be positive, got {value!r}")
+    return float(value)
+
+
+def _validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise errors.ConfigurationError("metadata must be a mapping of str to str")
+    return dict(metadata)
+
+
+def default_client() -> Any:
+    """``google.cloud.storage.Client()``: the user's credentials, project and emulator host."""
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+class GCSObjectStream(io.BufferedIOBase):
+    """A binary, write-only file whose bytes become one GCS object.
+
+    ``write()`` buffers and sends a chunk whenever ``chunk_size`` bytes are buffered;
+    ``flush()`` sends every whole 256 KiB unit buffered (GCS takes nothing smaller before the
+    end); ``close()`` sends the rest, finalizes the object and checks its CRC32C and size.
+    A ``with`` block that ends in an exception still finalizes what was written: logs must
+    not vanish. Call :meth:`abort` to cancel instead.
+
+    The session is opened in the constructor, so a missing bucket or a permission problem
+    is raised where the stream is created. Memory stays near one chunk plus the largest
+    single write, whatever the total. Thread-safe; not fork-safe (open a new one in the
+    child).
+
+    After ``close()``: :attr:`generation`, :attr:`size` and :attr:`crc32c` (base64, as
+    GCS reports it) describe the object.
+    """
+
+    def __init__(
+        self,
+        bucket: str | Any,
+        name: str,
+        *,
+        client: Any = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        if_generation_match: int | None = 0,
+        timeout: float = 60.0,
+        retry_deadline: float = 120.0,
+        _sleep: Callable[[float], None] = time.sleep,
+        _rng: random.Random | None = None,
+    ) -> None:
+        super().__init__()
+        # State close() reads first: a constructor that raises still leaves a closable
+        # object, and IOBase.__del__ will close it.
+        self._lock = threading.RLock()  # IOBase.close() calls flush() under our lock
+        self._opened = False
+        self._failure: errors.UploadError | None = None
+        self._result: Finalized | None = None
+        self._buffer = ChunkBuffer()
+        if not isinstance(bucket, str) and hasattr(bucket, "name"):
+            client = client if client is not None else getattr(bucket, "client", None)
+            bucket = bucket.name
+        self.bucket: str = validate_bucket_name(bucket)
+        self.name: str = validate_object_name(name)
+        self._chunk_size = validate_chunk_size(chunk_size)
+        if not isinstance(content_type, str) or not content_type:
+            raise errors.ConfigurationError("content_type must be a non-empty str")
+        self._metadata = _validate_metadata(metadata)
+        if if_generation_match is not None and (
+            isinstance(if_generation_match, bool) or not isinstance(if_generation_match, int)
+        ):
+            raise errors.ConfigurationError("if_generation_match must be an int or None")
+        self._policy = RetryPolicy(
+            deadline=_positive_seconds("retry_deadline", retry_deadline, zero_ok=True)
+        )
+        timeout = _positive_seconds("timeout", timeout)
+        self._sleep = _sleep
+        self._rng = _rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._client = client if client is not None else default_client()
+        self._transport = Transport.for_client(self._client, timeout)
+        self._session_url = self._initiate(content_type, if_generation_match)
+        self._opened = True
+
+    def _active(self) -> bool:
+        """Open, healthy and not yet finalized: the only state in which to send."""
+        return self._opened and self._failure is None and self._result is None and not self.closed
+
+    # -- the file interface ------------------------------------------------------------
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # bytes-like; Any to keep BufferedIOBase's signature
+        """Buffer ``data``; send a chunk if a whole one is buffered. Returns ``len(data)``."""
+        if isinstance(data, str):
+            raise TypeError(
+                "GCSObjectStream is binary: write bytes, or wrap it in io.TextIOWrapper"
+            )
+        view = memoryview(data)
+        with self._lock:
+            self._check_open()
+            self._buffer.append(data if type(data) is bytes else view.cast("B"))
+            if self._buffer.pending >= self._chunk_size:
+                self._upload(final=False, drain=False)
+        return view.nbytes
+
+    def flush(self) -> None:
+        """Send every whole 256 KiB unit buffered.
+
+        What is left (less than 256 KiB) can only reach GCS with the final chunk, at
+        ``close()``: GCS accepts nothing smaller before the end of an upload.
+        """
+        with self._lock:
+            if self._active() and self._buffer.pending >= UPLOAD_UNIT:
+                self._upload(final=False, drain=True)
+
+    def close(self) -> None:
+        """Send the rest, finalize the object, verify it. A second call does nothing."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                if self._active():
+                    self._upload(final=True, drain=True)
+            finally:
+                super().close()
+
+    def abort(self) -> None:
+        """Cancel the upload: nothing written becomes an object. Never raises for GCS."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                if self._active():
+                    self._transport.send(cancel_request(self._session_url))
+            except (TransportError, CredentialsError):
+                pass  # an uncancelled session expires by itself, unseen
+            finally:
+                self._failure = self._failure or errors.SessionLostError(
+                    "upload aborted", bucket=self.bucket, name=self.name
+                )
+                super().close()
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self._buffer.end
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet confirmed by GCS: the memory this stream holds."""
+        return self._buffer.pending
+
+    @property
+    def chunk_size(self) -> int:
+        return self._chunk_size
+
+    @property
+    def generation(self) -> int | None:
+        """The finalized object's generation, or ``None`` before ``close()``."""
+        return self._result.generation if self._result else None
+
+    @property
+    def size(self) -> int | None:
+        """The finalized object's size in bytes, or ``None`` before ``close()``."""
+        return self._result.size if self._result else None
+
+    @property
+    def crc32c(self) -> str | None:
+        """The finalized object's CRC32C (base64, as GCS gives it), or ``None``."""
+        return self._result.crc32c if self._result else None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<GCSObjectStream gs://{self.bucket}/{self.name} {state}>"
+
+    # -- driving the protocol ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed GCSObjectStream")
+        if self._failure is not None:
+            raise self._failure
+
+    def _initiate(self, content_type: str, if_generation_match: int | None) -> str:
+        request = initiate_request(
+            self._client.api_endpoint,
+            self.bucket,
+            self.name,
+            content_type=content_type,
+            metadata=self._metadata,
+            if_generation_match=if_generation_match,
+            user_agent=user_agent(),
+        )
+        attempt: Attempt | None = None
+        while True:
+            answer = self._send(request)
+            if answer is None:
+                attempt = self._wait(attempt, "connection failed")
+                continue
+            if answer.status in (200, 201):
+                session_url = parse_session_url(answer.headers)
+                if session_url is None:
+                    self._fail(errors.UploadError, "GCS opened no session (no Location)", answer)
+                return session_url
+            verdict = classify_status(answer.status)
+            if verdict is Verdict.RETRY:
+                attempt = self._wait(attempt, f"HTTP {answer.status}")
+                continue
+            if answer.status == 404:
+                self._fail(errors.BucketNotFoundError, "bucket not found", answer)
+            self._fail_for(verdict, answer)
+
+    def _upload(self, *, final: bool, drain: bool) -> None:
+        """Send what the chunk policy says, recovering from faults, until done or failed."""
+        attempt: Attempt | None = None
+        asking = False  # the next request is a status query, not data
+        while True:
+            if asking:
+                request = status_request(self._session_url)
+            else:
+                length = next_chunk_length(
+                    self._buffer.confirmed,
+                    self._buffer.pending,
+                    self._chunk_size,
+                    final=final,
+                    drain=drain,
+                )
+                if length is None:
+                    return
+                request = chunk_request(
+                    self._session_url,
+                    self._buffer.confirmed,
+                    self._buffer.peek(length),
+                    total=self._buffer.end if final else None,
+                    crc32c=self._buffer.crc32c,
+                )
+            before = self._buffer.confirmed
+            answer = self._send(request)
+            if answer is None:
+                attempt = self._wait(attempt, "connection failed")
+                asking = True
+                continue
+            verdict = classify_status(answer.status)
+            if verdict is Verdict.RETRY:
+                attempt = self._wait(attempt, f"HTTP {answer.status}")
+                asking = True
+                continue
+            if verdict not in (Verdict.OK, Verdict.INCOMPLETE):
+                self._fail_for(verdict, answer)
+            progress = self._apply(answer, final=final)
+            if progress is None:  # finalized
+                return
+            if progress > before:
+                attempt = None
+            elif request.body and not asking:
+                # GCS kept none of a chunk it answered: wait before offering it again.
+                attempt = self._wait(attempt, "no bytes persisted")
+            asking = False
+
+    def _apply(self, answer: Answer, *, final: bool) -> int | None:
+        """Take a 308 or 200 into the buffer; the new confirmed offset, or None if final."""
+        try:
+            outcome = parse_upload_answer(answer.status, answer.headers, answer.body)
+            if isinstance(outcome, Persisted):
+                self._buffer.release_to(outcome.offset)
+                return outcome.offset
+        except ValueError as exc:
+            self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
+        if not final:
+            self._fail(errors.UploadError, "GCS finalized the object before close()", answer)
+        self._verify(outcome)
+        self._result = outcome
+        return None
+
+    def _verify(self, outcome: Finalized) -> None:
+        expected_crc = crc32c_base64(self._buffer.crc32c)
+        if outcome.size != self._buffer.end or outcome.crc32c != expected_crc:
+            self._fail(
+                errors.IntegrityError,
+                f"object holds {outcome.size} bytes with CRC32C {outcome.crc32c}, but "
+                f"{self._buffer.end} bytes with CRC32C {expected_crc} were written",
+                None,
+            )
+
+    def _send(self, request: Request) -> Answer | None:
+        """One request; ``None`` when the wire failed and the server may have seen it."""
+        try:
+            return self._transport.send(request)
+        except TransportError:
+            return None
+        except CredentialsError as exc:
+            self._fail(errors.PermissionDeniedError, f"no usable credentials: {exc}", None)
+
+    def _wait(self, attempt: Attempt | None, reason: str) -> Attempt:
+        """Sleep before the next try, or raise once ``retry_deadline`` has passed."""
+        now = time.monotonic()
+        attempt = attempt or self._policy.start(now)
+        delay = attempt.next_delay(now, self._rng)
+        if delay is None:
+            self._fail(
+                errors.RetryDeadlineExceededError,
+                f"gave up after {attempt.failures + 1} failed tries in "
+                f"{now - attempt.started:.1f} s (retry_deadline); last: {reason}",
+                None,
+            )
+        self._sleep(delay)
+        return attempt.failed_again()
+
+    def _fail_for(self, verdict: Verdict, answer: Answer) -> NoReturn:
+        kinds: dict[Verdict, tuple[type[errors.UploadError], str]] = {
+            Verdict.SESSION_LOST: (errors.SessionLostError, "the upload session is gone"),
+            Verdict.CANCELLED: (errors.SessionLostError, "the upload session was cancelled"),
+            Verdict.PERMISSION: (errors.PermissionDeniedError, "permission denied"),
+            Verdict.PRECONDITION: (
+                errors.PreconditionFailedError,
+                "the object already exists (if_generation_match)",
+            ),
+        }
+        kind, message = kinds.get(verdict, (errors.UploadError, "GCS refused the request"))
+        self._fail(kind, message, answer)
+
+    def _fail(
+        self, kind: type[errors.UploadError], message: str, answer: Answer | None
+    ) -> NoReturn:
+        if answer is not None and answer.status >= 400:
+            detail = error_message(answer.body)
+            if detail:
+                message = f"{message}: {detail}"
+        failure = kind(
+            message,
+            bucket=self.bucket,
+            name=self.name,
+            status=answer.status if answer is not None else None,
+        )
+        self._failure = failure
+        raise failure
