@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+from .aio import AsyncGCSObjectStream
 from .errors import (
     BucketNotFoundError,
     ConfigurationError,
@@ -27,6 +28,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not i
     __version__ = "0+unknown"
 
 __all__ = [
+    "AsyncGCSObjectStream",
     "BucketNotFoundError",
     "ConfigurationError",
     "GCSLogSinkError",

@@ -1,0 +1,30 @@
+"""Small helpers the tests share (importable because conftest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import base64
+import random
+from typing import Any
+
+import google_crc32c
+
+
+def read_object(client: Any, bucket: str, name: str) -> bytes:
+    """The bytes of gs://bucket/name as the server holds them."""
+    return bytes(client.bucket(bucket).blob(name).download_as_bytes())
+
+
+def crc32c_b64(data: bytes) -> str:
+    """CRC32C of ``data`` as GCS reports it (base64, big-endian)."""
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
+
+
+def random_writes(data: bytes, rng: random.Random, max_write: int) -> list[bytes]:
+    """``data`` cut into pieces of random length between 1 and ``max_write`` bytes."""
+    pieces = []
+    offset = 0
+    while offset < len(data):
+        step = rng.randint(1, max_write)
+        pieces.append(data[offset : offset + step])
+        offset += step
+    return pieces

@@ -1,0 +1,193 @@
+"""GCSObjectStream against the local GCS server: every test reads the object back."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+from typing import Any
+
+import pytest
+from helpers import crc32c_b64, random_writes, read_object
+
+from gcs_log_sink import (
+    BucketNotFoundError,
+    ConfigurationError,
+    GCSObjectStream,
+    PreconditionFailedError,
+)
+from gcs_log_sink._localgcs import LocalGCS
+
+UNIT = 256 * 1024
+CHUNK = 4 * UNIT
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, UNIT - 1, UNIT, UNIT + 1, CHUNK, 2 * CHUNK, 3 * CHUNK - 1, 3 * CHUNK + 1],
+)
+def test_sizes_round_trip(client: Any, bucket: str, size: int) -> None:
+    """Objects of edge-case sizes arrive byte for byte, with size and CRC32C reported."""
+    data = random.Random(size).randbytes(size)
+    with GCSObjectStream(bucket, "obj", client=client, chunk_size=CHUNK) as out:
+        out.write(data)
+    assert data == read_object(client, bucket, "obj")
+    assert size == out.size
+    assert crc32c_b64(data) == out.crc32c
+    assert out.generation is not None and out.generation > 0
+
+
+def test_50_mib_in_random_writes(client: Any, bucket: str) -> None:
+    """50 MiB in writes of random size arrive byte for byte; memory stays near a chunk."""
+    rng = random.Random(50)
+    data = rng.randbytes(50 * 1024 * 1024)
+    biggest_buffer = 0
+    with GCSObjectStream(bucket, "big.log", client=client, chunk_size=CHUNK) as out:
+        for piece in random_writes(data, rng, 200_000):
+            out.write(piece)
+            biggest_buffer = max(biggest_buffer, out.buffered)
+    assert data == read_object(client, bucket, "big.log")
+    assert biggest_buffer < CHUNK + 200_000
+    assert crc32c_b64(data) == out.crc32c
+
+
+def test_flush_sends_whole_units_only(client: Any, bucket: str) -> None:
+    """flush() sends every whole 256 KiB unit and keeps only the unaligned tail."""
+    data = os.urandom(UNIT * 2 + 100)
+    with GCSObjectStream(bucket, "flushed", client=client, chunk_size=CHUNK) as out:
+        out.write(data)
+        assert len(data) == out.buffered
+        out.flush()
+        assert 100 == out.buffered
+    assert data == read_object(client, bucket, "flushed")
+
+
+def test_text_wrapper_print_and_copyfileobj(client: Any, bucket: str) -> None:
+    """It works where a file does: print() through TextIOWrapper, shutil.copyfileobj."""
+    with (
+        GCSObjectStream(bucket, "printed.log", client=client) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as text,
+    ):
+        for i in range(1000):
+            print(f"line {i} ünïcode", file=text)
+    expected = "".join(f"line {i} ünïcode\n" for i in range(1000)).encode()
+    assert expected == read_object(client, bucket, "printed.log")
+
+    source = os.urandom(3 * UNIT + 7)
+    with GCSObjectStream(bucket, "copied", client=client, chunk_size=UNIT) as out:
+        shutil.copyfileobj(io.BytesIO(source), out, length=10_000)
+    assert source == read_object(client, bucket, "copied")
+
+
+def test_exception_in_with_block_still_finalizes(client: Any, bucket: str) -> None:
+    """A with block that raises finalizes what was written: logs must not vanish."""
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        GCSObjectStream(bucket, "partial.log", client=client) as out,
+    ):
+        out.write(b"written before the crash\n")
+        raise RuntimeError("boom")
+    assert b"written before the crash\n" == read_object(client, bucket, "partial.log")
+
+
+def test_abort_creates_nothing(client: Any, bucket: str) -> None:
+    """abort() cancels the session: no object appears, and close() after it is a no-op."""
+    out = GCSObjectStream(bucket, "aborted", client=client, chunk_size=UNIT)
+    out.write(os.urandom(UNIT + 5))
+    out.abort()
+    out.close()
+    assert out.closed
+    assert not client.bucket(bucket).blob("aborted").exists()
+
+
+def test_close_twice_and_write_after_close(client: Any, bucket: str) -> None:
+    """A second close() does nothing; writing after close is a clear ValueError."""
+    out = GCSObjectStream(bucket, "twice", client=client)
+    out.write(b"abc")
+    out.close()
+    out.close()
+    with pytest.raises(ValueError, match="closed"):
+        out.write(b"more")
+    assert b"abc" == read_object(client, bucket, "twice")
+
+
+def test_default_client_honours_storage_emulator_host(
+    gcs: LocalGCS, client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client=None builds google.cloud.storage.Client(), which honours STORAGE_EMULATOR_HOST."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    with GCSObjectStream(bucket, "default-client", chunk_size=UNIT) as out:
+        out.write(b"hello")
+    assert b"hello" == read_object(client, bucket, "default-client")
+
+
+def test_metadata_and_content_type(client: Any, bucket: str) -> None:
+    """content_type and metadata reach the object."""
+    with GCSObjectStream(
+        bucket, "meta.log", client=client, content_type="text/plain", metadata={"build": "42"}
+    ) as out:
+        out.write(b"x")
+    blob = client.bucket(bucket).get_blob("meta.log")
+    assert "text/plain" == blob.content_type
+    assert {"build": "42"} == blob.metadata
+    assert b"x" == read_object(client, bucket, "meta.log")
+
+
+def test_existing_object_is_not_overwritten(client: Any, bucket: str) -> None:
+    """if_generation_match=0 (the default) refuses to replace an existing object."""
+    with GCSObjectStream(bucket, "once", client=client) as out:
+        out.write(b"first")
+    with pytest.raises(PreconditionFailedError, match=f"gs://{bucket}/once"):
+        GCSObjectStream(bucket, "once", client=client)
+    assert b"first" == read_object(client, bucket, "once")
+
+
+def test_missing_bucket_is_a_clear_error(client: Any) -> None:
+    """A bucket that does not exist is named in a BucketNotFoundError at construction."""
+    with pytest.raises(BucketNotFoundError, match=r"gs://no-such-bucket-here/x.*404"):
+        GCSObjectStream("no-such-bucket-here", "x", client=client)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"bucket": "Bad_Bucket"}, "lowercase"),
+        ({"bucket": "gs://logs"}, "gs://"),
+        ({"bucket": "ab"}, "3 to 63"),
+        ({"name": ""}, "empty"),
+        ({"name": "a\nb"}, "control character"),
+        ({"name": "../up"}, r"'\.\.'"),
+        ({"name": "x" * 1025}, "1024"),
+        ({"chunk_size": 1000}, "multiple of 256 KiB"),
+        ({"chunk_size": 0}, "multiple of 256 KiB"),
+        ({"timeout": 0}, "timeout"),
+        ({"metadata": {"a": 1}}, "metadata"),
+    ],
+)
+def test_bad_arguments_fail_at_the_call(
+    gcs: LocalGCS, kwargs: dict[str, Any], message: str
+) -> None:
+    """Bad bucket, name or options raise ConfigurationError (a ValueError) before any I/O."""
+    args: dict[str, Any] = {"bucket": "fine-bucket", "name": "fine"} | kwargs
+
+    class NoNetworkClient:
+        api_endpoint = "http://127.0.0.1:9"  # nothing listens; must never be used
+
+        @property
+        def _http(self) -> Any:
+            raise AssertionError("a request was attempted")
+
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        GCSObjectStream(args.pop("bucket"), args.pop("name"), client=NoNetworkClient(), **args)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_writing_str_is_a_type_error(client: Any, bucket: str) -> None:
+    """Writing str is a TypeError that says what to do; the stream stays usable."""
+    with GCSObjectStream(bucket, "typed", client=client) as out:
+        with pytest.raises(TypeError, match="TextIOWrapper"):
+            out.write("text")  # type: ignore[arg-type]
+        out.write(b"bytes")
+    assert b"bytes" == read_object(client, bucket, "typed")
