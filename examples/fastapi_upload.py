@@ -68,7 +68,9 @@ def main() -> None:
         client.create_bucket("uploads")
         app = create_app("uploads", client=client)
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         while not server.started:
@@ -82,7 +84,9 @@ def main() -> None:
                 yield piece
 
         started = time.monotonic()
-        answer = httpx.put(f"http://127.0.0.1:{port}/objects/demo/body.bin", content=body(), timeout=120)
+        answer = httpx.put(
+            f"http://127.0.0.1:{port}/objects/demo/body.bin", content=body(), timeout=120
+        )
         elapsed = time.monotonic() - started
         answer.raise_for_status()
         print(answer.json())

@@ -63,17 +63,20 @@ class LocalGCS:
         args = [sys.executable, "-m", "gcs_log_sink._localgcs", "--port", str(self.port)]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
-        self._process = subprocess.Popen(
+        # Our own module, as an argv list: no shell, no untrusted input.
+        self._process = subprocess.Popen(  # noqa: S603
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the local GCS server exited with {self._process.returncode}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/", timeout=1) as answer:  # noqa: S310
-                    if answer.status == 200:
-                        return self
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + "/", timeout=1) as answer,  # noqa: S310
+            ):
+                if answer.status == 200:
+                    return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the local GCS server did not answer on {self.url} in {timeout} s")
@@ -102,7 +105,7 @@ class LocalGCS:
 
         return storage.Client(
             project="test",
-            credentials=AnonymousCredentials(),
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options={"api_endpoint": self.url},
         )
 

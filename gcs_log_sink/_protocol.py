@@ -33,8 +33,8 @@ __all__ = [
     "Persisted",
     "Request",
     "cancel_request",
-    "error_message",
     "chunk_request",
+    "error_message",
     "initiate_request",
     "parse_session_url",
     "parse_upload_answer",
@@ -153,7 +153,9 @@ def cancel_request(session_url: str) -> Request:
     return Request("DELETE", session_url, {})
 
 
-def parse_upload_answer(status: int, headers: Mapping[str, str], body: bytes) -> Persisted | Finalized:
+def parse_upload_answer(
+    status: int, headers: Mapping[str, str], body: bytes
+) -> Persisted | Finalized:
     """Interpret a 308 or a 200/201 from the session URL.
 
     A 308 without ``Range`` means GCS holds nothing yet. Other statuses are the caller's to

@@ -35,9 +35,7 @@ class ConfigurationError(GCSLogSinkError, ValueError):
 class UploadError(GCSLogSinkError):
     """GCS or the network failed an upload in a way retrying will not fix."""
 
-    def __init__(
-        self, message: str, *, bucket: str, name: str, status: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, bucket: str, name: str, status: int | None = None) -> None:
         self.bucket = bucket
         self.name = name
         self.status = status

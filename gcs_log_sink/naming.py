@@ -34,9 +34,7 @@ def validate_bucket_name(bucket: str) -> str:
             f"bucket name {bucket!r} must be 3 to 63 characters (222 with dots)"
         )
     components = bucket.split(".")
-    if any(
-        len(part) > 63 or not _BUCKET_COMPONENT.fullmatch(part) for part in components
-    ):
+    if any(len(part) > 63 or not _BUCKET_COMPONENT.fullmatch(part) for part in components):
         raise ConfigurationError(
             f"bucket name {bucket!r} may hold only lowercase letters, digits, '-', '_' and "
             "'.', and must start and end with a letter or digit"

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # test helpers: faultproxy
 
-from gcs_log_sink._localgcs import LocalGCS  # noqa: E402
+from gcs_log_sink._localgcs import LocalGCS
 
 
 @pytest.fixture(scope="session")
@@ -39,4 +39,3 @@ def bucket(client: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:16]}"
     client.create_bucket(name)
     return name
-

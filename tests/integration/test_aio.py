@@ -22,14 +22,12 @@ from gcs_log_sink._chunks import crc32c_base64
 from gcs_log_sink._localgcs import free_port
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
-from fastapi_upload import create_app  # noqa: E402
+from fastapi_upload import create_app
 
 UNIT = 256 * 1024
 
 
-def test_async_stream_round_trip_never_does_io_on_the_loop_thread(
-    gcs: Any, bucket: str
-) -> None:
+def test_async_stream_round_trip_never_does_io_on_the_loop_thread(gcs: Any, bucket: str) -> None:
     """Every HTTP request runs off the event loop's thread; the object arrives intact."""
     client = gcs.client()
     request_threads: set[int] = set()
@@ -54,7 +52,8 @@ def test_async_stream_round_trip_never_does_io_on_the_loop_thread(
     assert data == read_object(client, bucket, "async.bin")
     assert crc32c_b64(data) == out.crc32c
     assert len(data) == out.size
-    assert request_threads and loop_thread not in request_threads
+    assert request_threads
+    assert loop_thread not in request_threads
 
 
 def test_async_errors_are_clear(client: Any, bucket: str) -> None:
@@ -130,9 +129,11 @@ def test_fastapi_streams_a_50_mib_body_with_bounded_memory(
     crc = 0
     for _ in range(count):
         crc = google_crc32c.extend(crc, piece)
-    assert {"name": "uploads/body.bin", "size": count * len(piece), "crc32c": crc32c_base64(crc)} == {
-        key: answer.json()[key] for key in ("name", "size", "crc32c")
-    }
+    assert {
+        "name": "uploads/body.bin",
+        "size": count * len(piece),
+        "crc32c": crc32c_base64(crc),
+    } == {key: answer.json()[key] for key in ("name", "size", "crc32c")}
     assert piece * count == read_object(client, bucket, "uploads/body.bin")
     # An endpoint that buffered the body would grow by 50 MiB or more.
     assert peak - baseline < 40 * 1024 * 1024

@@ -35,7 +35,8 @@ def test_sizes_round_trip(client: Any, bucket: str, size: int) -> None:
     assert data == read_object(client, bucket, "obj")
     assert size == out.size
     assert crc32c_b64(data) == out.crc32c
-    assert out.generation is not None and out.generation > 0
+    assert out.generation is not None
+    assert out.generation > 0
 
 
 def test_50_mib_in_random_writes(client: Any, bucket: str) -> None:
@@ -82,12 +83,14 @@ def test_text_wrapper_print_and_copyfileobj(client: Any, bucket: str) -> None:
 
 def test_exception_in_with_block_still_finalizes(client: Any, bucket: str) -> None:
     """A with block that raises finalizes what was written: logs must not vanish."""
-    with (
-        pytest.raises(RuntimeError, match="boom"),
-        GCSObjectStream(bucket, "partial.log", client=client) as out,
-    ):
-        out.write(b"written before the crash\n")
-        raise RuntimeError("boom")
+
+    def crash_while_writing() -> None:
+        with GCSObjectStream(bucket, "partial.log", client=client) as out:
+            out.write(b"written before the crash\n")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        crash_while_writing()
     assert b"written before the crash\n" == read_object(client, bucket, "partial.log")
 
 

@@ -74,7 +74,9 @@ def test_flush_sends_whole_units() -> None:
     """With drain, any whole 256 KiB unit is sent, never the unaligned tail."""
     chunk = 4 * UPLOAD_UNIT
     assert None is next_chunk_length(0, UPLOAD_UNIT - 1, chunk, final=False, drain=True)
-    assert 2 * UPLOAD_UNIT == next_chunk_length(0, 2 * UPLOAD_UNIT + 9, chunk, final=False, drain=True)
+    assert 2 * UPLOAD_UNIT == next_chunk_length(
+        0, 2 * UPLOAD_UNIT + 9, chunk, final=False, drain=True
+    )
     assert chunk == next_chunk_length(0, 9 * UPLOAD_UNIT, chunk, final=False, drain=True)
 
 

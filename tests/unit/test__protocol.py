@@ -45,15 +45,14 @@ def test_initiate_request_carries_name_type_metadata_and_precondition() -> None:
 
 def test_chunk_requests_say_where_the_bytes_go() -> None:
     """Non-final chunks have an open total; the final one names it and the CRC32C."""
-    assert "bytes 0-3/*" == chunk_request(SESSION, 0, b"abcd", total=None, crc32c=1).headers[
-        "Content-Range"
-    ]
+    assert (
+        "bytes 0-3/*"
+        == chunk_request(SESSION, 0, b"abcd", total=None, crc32c=1).headers["Content-Range"]
+    )
     final = chunk_request(SESSION, 4, b"ef", total=6, crc32c=0)
     assert "bytes 4-5/6" == final.headers["Content-Range"]
     assert "crc32c=AAAAAA==" == final.headers["X-Goog-Hash"]
-    assert "bytes */6" == chunk_request(SESSION, 6, b"", total=6, crc32c=0).headers[
-        "Content-Range"
-    ]
+    assert "bytes */6" == chunk_request(SESSION, 6, b"", total=6, crc32c=0).headers["Content-Range"]
     assert "bytes */*" == status_request(SESSION).headers["Content-Range"]
 
 

@@ -30,7 +30,8 @@ def test_good_object_names_pass(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", ".", "..", "a/../b", "a\nb", "a\x00", "\ud800", "é" * 513, ".well-known/acme-challenge/x"]
+    "name",
+    ["", ".", "..", "a/../b", "a\nb", "a\x00", "\ud800", "é" * 513, ".well-known/acme-challenge/x"],
 )
 def test_bad_object_names_fail(name: str) -> None:
     """Names GCS refuses (or that walk out of a prefix) fail here."""
