@@ -20,6 +20,7 @@ from .errors import (
     SessionLostError,
     UploadError,
 )
+from .handler import GCSHandler
 from .stream import GCSObjectStream
 
 try:
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncGCSObjectStream",
     "BucketNotFoundError",
     "ConfigurationError",
+    "GCSHandler",
     "GCSLogSinkError",
     "GCSObjectStream",
     "IntegrityError",

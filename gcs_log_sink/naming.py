@@ -9,10 +9,19 @@ https://cloud.google.com/storage/docs/objects#naming
 from __future__ import annotations
 
 import re
+import string
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from .errors import ConfigurationError
 
-__all__ = ["validate_bucket_name", "validate_object_name"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "ObjectNameTemplate",
+    "safe_field",
+    "validate_bucket_name",
+    "validate_object_name",
+]
 
 _BUCKET_COMPONENT = re.compile(r"[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
@@ -76,3 +85,95 @@ def validate_object_name(name: str) -> str:
             f"object name {name!r} may not start with '.well-known/acme-challenge/'"
         )
     return name
+
+
+# -- object-name templates for rotating handlers -------------------------------------------
+
+TEMPLATE_FIELDS = ("prefix", "start", "host", "pid", "seq", "stream")
+DEFAULT_TEMPLATE = "{prefix}{start:%Y/%m/%d/%H%M%S}-{host}-{pid}-{seq:05d}.log"
+_SAMPLE_START = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+_UNSAFE_IN_FIELD = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
+
+
+def safe_field(value: str) -> str:
+    """A host or stream name made safe to sit inside one path segment of an object name."""
+    cleaned = _UNSAFE_IN_FIELD.sub("-", value).strip(".") or "-"
+    return cleaned
+
+
+@dataclass(frozen=True)
+class ObjectNameTemplate:
+    """How a rotating writer names its objects: one ``str.format`` template, checked once.
+
+    Fields: ``prefix``, ``start`` (the window's start, a UTC ``datetime``), ``host``, ``pid``,
+    ``seq`` (a per-process counter), ``stream`` (a name the user gives). ``seq`` is required:
+    it is what keeps two objects of one process apart, and what a writer bumps when a name
+    is already taken by another process.
+    """
+
+    template: str
+    prefix: str = ""
+    fields: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(
+        cls, template: str, *, prefix: str = "", needs_start: bool = True
+    ) -> ObjectNameTemplate:
+        """Check ``template`` and ``prefix`` now, so a bad one fails at construction.
+
+        ``needs_start``: time rotation is on, so the name must show its window.
+        """
+        if not isinstance(template, str) or not template:
+            raise ConfigurationError("name_template must be a non-empty str")
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a str, not {type(prefix).__name__}")
+        fields: set[str] = set()
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as exc:
+            raise ConfigurationError(f"name_template {template!r} is malformed: {exc}") from None
+        for _, field, _, _ in parsed:
+            if field is None:
+                continue
+            if field not in TEMPLATE_FIELDS:
+                raise ConfigurationError(
+                    f"name_template {template!r} uses {{{field}}}; the fields are "
+                    + ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+                )
+            fields.add(field)
+        if "seq" not in fields:
+            raise ConfigurationError(
+                f"name_template {template!r} lacks {{seq}}: without it two objects of one "
+                "process would get the same name"
+            )
+        if needs_start and "start" not in fields:
+            raise ConfigurationError(
+                f"name_template {template!r} lacks {{start}}, which names the time window "
+                "(or set rotate_seconds=None)"
+            )
+        result = cls(template=template, prefix=prefix, fields=frozenset(fields))
+        result.render(start=_SAMPLE_START, seq=0, host="host", pid=1, stream="log")
+        return result
+
+    def render(self, *, start: datetime, seq: int, host: str, pid: int, stream: str) -> str:
+        """The object name for these values, validated; ConfigurationError if it is bad."""
+        try:
+            name = self.template.format(
+                prefix=self.prefix,
+                start=start,
+                host=safe_field(host),
+                pid=pid,
+                seq=seq,
+                stream=safe_field(stream),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(
+                f"name_template {self.template!r} cannot be rendered: {exc}"
+            ) from None
+        try:
+            return validate_object_name(name)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"name_template {self.template!r} with prefix {self.prefix!r} makes a bad "
+                f"object name: {exc}"
+            ) from None

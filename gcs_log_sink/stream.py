@@ -15,7 +15,7 @@ import io
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from . import errors
@@ -110,7 +110,7 @@ class GCSObjectStream(io.BufferedIOBase):
         if_generation_match: int | None = 0,
         timeout: float = 60.0,
         retry_deadline: float = 120.0,
-        _sleep: Callable[[float], None] = time.sleep,
+        _cancel: threading.Event | None = None,
         _rng: random.Random | None = None,
     ) -> None:
         super().__init__()
@@ -138,7 +138,9 @@ class GCSObjectStream(io.BufferedIOBase):
             deadline=_positive_seconds("retry_deadline", retry_deadline, zero_ok=True)
         )
         timeout = _positive_seconds("timeout", timeout)
-        self._sleep = _sleep
+        # Set by an owner that gives up (a handler closing past its timeout): the retry
+        # loop stops at its next wait instead of retrying on for retry_deadline.
+        self._cancel = _cancel or threading.Event()
         self._rng = _rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._client = client if client is not None else default_client()
         self._transport = Transport.for_client(self._client, timeout)
@@ -360,14 +362,15 @@ class GCSObjectStream(io.BufferedIOBase):
         now = time.monotonic()
         attempt = attempt or self._policy.start(now)
         delay = attempt.next_delay(now, self._rng)
-        if delay is None:
+        if delay is None or self._cancel.is_set():
             self._fail(
                 errors.RetryDeadlineExceededError,
                 f"gave up after {attempt.failures + 1} failed tries in "
                 f"{now - attempt.started:.1f} s (retry_deadline); last: {reason}",
                 None,
             )
-        self._sleep(delay)
+        if self._cancel.wait(delay):
+            self._fail(errors.RetryDeadlineExceededError, f"cancelled; last: {reason}", None)
         return attempt.failed_again()
 
     def _fail_for(self, verdict: Verdict, answer: Answer) -> NoReturn:

@@ -1,0 +1,610 @@
+"""GCSHandler: a logging handler that ships records through rotating resumable uploads.
+
+The caller's thread only formats and enqueues bytes (as ``QueueHandler.prepare`` formats,
+so ``%``-args and exception text are captured at the call); one background thread per
+handler writes them into the current :class:`~gcs_log_sink.GCSObjectStream` and rolls to a
+new object when the time window changes or the size cap would be passed
+(:mod:`.rotation`), naming objects by :mod:`.naming`.
+
+What the handler owes the program it lives in (CPython ``logging`` and ``QueueListener``
+are the models):
+
+- ``emit()`` never does network I/O and never raises; the queue is bounded by records and by
+  bytes, and on overflow it blocks for at most ``block_timeout`` or drops (``overflow``),
+  counting drops and writing the count into the log stream when space returns.
+- The worker never takes ``self.lock`` and drops records logged from its own thread
+  (urllib3 and google-auth log while it uploads): otherwise ``close()`` under
+  ``logging.shutdown`` could deadlock, or the handler could feed on its own records.
+- The worker is a daemon thread, joined with a deadline: an atexit hook closes every live
+  handler within ``close_timeout`` in total and says on stderr what it could not ship.
+- Failures of GCS are reported once per kind on stderr, never raised into the application.
+- After ``os.fork()`` the child starts afresh (its own queue, thread and objects, named
+  with its pid) and never touches the parent's upload.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import errors
+from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
+from .rotation import RotationPolicy
+from .stream import DEFAULT_CHUNK_SIZE, GCSObjectStream, _positive_seconds, validate_chunk_size
+
+__all__ = ["GCSHandler"]
+
+_OVERFLOW_POLICIES = ("block", "drop")
+_COMPRESSIONS = (None, "gzip")
+# How many times a taken name (another process got there first) is skipped before giving up.
+_NAME_ATTEMPTS = 100
+# After GCS refused to open an object, records are dropped without asking again for this long.
+_OPEN_COOLDOWN = 5.0
+# How long the worker sleeps at most while an object is open: the window-end check.
+_MAX_IDLE_WAIT = 1.0
+
+
+@dataclass
+class _OpenObject:
+    """The object being written: its stream, window and what went into it."""
+
+    stream: GCSObjectStream
+    window: float
+    size: int = 0  # uncompressed bytes, what max_bytes limits
+    records: int = 0
+    compressor: Any = None
+
+    def write(self, data: bytes, records: int) -> None:
+        self.size += len(data)
+        self.records += records
+        if self.compressor is not None:
+            data = self.compressor.compress(data)
+        self.stream.write(data)
+
+    def flush(self) -> None:
+        if self.compressor is not None:
+            # Everything so far becomes decodable from the object's prefix.
+            self.stream.write(self.compressor.flush(zlib.Z_SYNC_FLUSH))
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.compressor is not None:
+            self.stream.write(self.compressor.flush(zlib.Z_FINISH))
+        self.stream.close()
+
+
+@dataclass
+class _FlushRequest:
+    target: int  # records accepted before the flush() call
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class GCSHandler(logging.Handler):
+    """Ship log records into GCS objects, one per time window or size limit.
+
+    Objects are named by ``name_template`` (fields ``prefix``, ``start``, ``host``, ``pid``,
+    ``seq``, ``stream``) and finalized, so readable, within about a second of their window's
+    end, at ``rotate()``, or at ``close()``.
+
+    ``flush()`` returns once every record emitted before it is persisted in GCS, except the
+    tail of the open object that is not yet a whole 256 KiB unit: GCS takes nothing smaller
+    before an upload ends, and an unfinalized object is invisible to readers anyway. Only
+    finalization (window end, ``max_bytes``, ``rotate()``, ``close()``) makes records
+    readable. ``flush()`` and ``close()`` each wait at most ``close_timeout`` seconds.
+
+    While GCS is unreachable, uploads are retried until ``retry_deadline`` (default: until
+    the handler closes); memory stays bounded by ``queue_size``/``max_queue_bytes`` plus
+    about one ``chunk_size``.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        name_template: str = DEFAULT_TEMPLATE,
+        rotate_seconds: float | None = 3600,
+        max_bytes: int | None = 64 * 1024 * 1024,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        queue_size: int = 10_000,
+        max_queue_bytes: int = 64 * 1024 * 1024,
+        overflow: str = "block",
+        block_timeout: float = 5.0,
+        close_timeout: float = 10.0,
+        compression: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        client: Any = None,
+        stream: str | None = None,
+        timeout: float = 30.0,
+        retry_deadline: float | None = None,
+        level: int | str = logging.NOTSET,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(level)
+        self.bucket = validate_bucket_name(bucket)
+        self._policy = RotationPolicy(rotate_seconds=rotate_seconds, max_bytes=max_bytes)
+        self._template = ObjectNameTemplate.parse(
+            name_template, prefix=prefix, needs_start=rotate_seconds is not None
+        )
+        if compression not in _COMPRESSIONS:
+            raise errors.ConfigurationError(
+                f"compression must be None or 'gzip', got {compression!r}"
+            )
+        if overflow not in _OVERFLOW_POLICIES:
+            raise errors.ConfigurationError(f"overflow must be 'block' or 'drop', got {overflow!r}")
+        for option, value in (("queue_size", queue_size), ("max_queue_bytes", max_queue_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise errors.ConfigurationError(f"{option} must be a positive int, got {value!r}")
+        if stream is not None and (not isinstance(stream, str) or not stream):
+            raise errors.ConfigurationError("stream must be a non-empty str or None")
+        if content_type is not None and (not isinstance(content_type, str) or not content_type):
+            raise errors.ConfigurationError("content_type must be a non-empty str or None")
+        self._stream_options: dict[str, Any] = {
+            "chunk_size": validate_chunk_size(chunk_size),
+            "content_type": content_type
+            or ("application/gzip" if compression else "text/plain; charset=utf-8"),
+            "metadata": metadata,
+            "timeout": _positive_seconds("timeout", timeout),
+            "retry_deadline": float("inf")
+            if retry_deadline is None
+            else _positive_seconds("retry_deadline", retry_deadline, zero_ok=True),
+        }
+        if metadata is not None and not (
+            isinstance(metadata, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            raise errors.ConfigurationError("metadata must be a mapping of str to str")
+        self._compression = compression
+        self._queue_size = queue_size
+        self._max_queue_bytes = max_queue_bytes
+        self._overflow = overflow
+        self._block_timeout = _positive_seconds("block_timeout", block_timeout, zero_ok=True)
+        self._close_timeout = _positive_seconds("close_timeout", close_timeout, zero_ok=True)
+        self._client = client
+        self._stream_name = stream
+        self._clock = clock
+        self._host = socket.gethostname()
+        self._closed = False
+        self._reported: set[str] = set()
+        self._start_fresh()
+        _live_handlers.add(self)
+        _install_process_hooks()
+
+    # -- state that a forked child must not share with its parent ------------------------
+
+    def _start_fresh(self) -> None:
+        """(Re)create everything per-process: queue, counters, worker, open object."""
+        self._pid = os.getpid()
+        self._queue_lock = threading.Lock()
+        self._space = threading.Condition(self._queue_lock)
+        self._items: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._pending_records = 0
+        self._pending_bytes = 0
+        self._accepted = 0  # records taken into the queue, ever
+        self._written = 0  # records handed to an object (or given up on), ever
+        self._in_flight = 0  # records the worker took but has not written yet
+        self._dropped = 0
+        self._dropped_reported = 0
+        self._flush_requests: list[_FlushRequest] = []
+        self._wake = threading.Event()
+        self._worker_idle = False
+        self._stopping = False
+        self._cancel = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._worker_ident: int | None = None
+        self._start_lock = threading.Lock()
+        self._current: _OpenObject | None = None
+        self._seq = 0
+        self._latest_window = 0.0
+        self._lost = 0
+        self._open_refused_until = 0.0
+
+    # -- the caller's side ---------------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Records the worker itself causes (urllib3, google-auth) are dropped before
+        # self.lock: taking it here could deadlock close() under logging.shutdown.
+        if threading.get_ident() == self._worker_ident:
+            return False
+        return super().handle(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format on the caller's thread and enqueue the bytes. Never raises, never does I/O."""
+        try:
+            if self._stream_name is None:
+                self._stream_name = record.name or "log"
+            line = self.format(record)
+            created = record.created if self._clock is time.time else self._clock()
+            self._enqueue(created, (line + "\n").encode("utf-8", "backslashreplace"))
+        except Exception:
+            self.handleError(record)
+
+    def enqueue(self, line: bytes) -> None:
+        """Queue one already formatted record, a complete line (structlog's path).
+
+        Like ``emit()``: never raises, never does I/O, blocks at most ``block_timeout``.
+        """
+        if threading.get_ident() == self._worker_ident:
+            return
+        try:
+            self._enqueue(self._clock(), bytes(line))
+        except Exception:
+            self._report("enqueue", "enqueue() failed; the record was dropped")
+
+    def _enqueue(self, created: float, data: bytes) -> None:
+        if self._closed:
+            self._dropped += 1
+            return
+        size = len(data)
+        with self._queue_lock:
+            if not self._has_room(size) and (
+                self._overflow == "drop" or not self._wait_for_room(size)
+            ):
+                self._dropped += 1
+                return
+            self._items.append((created, data))
+            self._pending_records += 1
+            self._pending_bytes += size
+            self._accepted += 1
+        if self._worker is None:
+            self._start_worker()
+        elif self._worker_idle:
+            self._wake.set()
+
+    def _has_room(self, size: int) -> bool:
+        if self._pending_records >= self._queue_size:
+            return False
+        # One record bigger than the byte cap still fits into an empty queue.
+        return self._pending_records == 0 or self._pending_bytes + size <= self._max_queue_bytes
+
+    def _wait_for_room(self, size: int) -> bool:
+        deadline = time.monotonic() + self._block_timeout
+        while not self._has_room(size):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closed:
+                return False
+            self._space.wait(remaining)
+        return True
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped because the queue was full (or the handler closed)."""
+        return self._dropped
+
+    @property
+    def lost(self) -> int:
+        """Records handed to GCS that it refused or that could not be finalized."""
+        return self._lost
+
+    def flush(self) -> None:
+        """Return once every record emitted before the call is in GCS (see the class doc)."""
+        if self._closed or self._worker is None or threading.get_ident() == self._worker_ident:
+            return
+        with self._queue_lock:
+            request = _FlushRequest(self._accepted)
+            self._flush_requests.append(request)
+        self._wake.set()
+        if not request.done.wait(self._close_timeout):
+            self._report(
+                "flush-timeout",
+                f"flush() gave up after close_timeout={self._close_timeout} s; "
+                "records stay queued and are shipped when GCS answers",
+            )
+
+    def rotate(self) -> None:
+        """Finalize the open object now (after what was emitted before the call)."""
+        if self._closed or self._worker is None:
+            return
+        with self._queue_lock:
+            self._items.append((-1.0, b""))  # a marker: roll here
+            self._pending_records += 1
+            self._accepted += 1
+        self.flush()
+
+    def close(self) -> None:
+        """Ship what is queued, finalize, stop the thread. Idempotent; bounded by close_timeout."""
+        deadline = self._begin_close()
+        self._finish_close(deadline)
+
+    def _begin_close(self) -> float:
+        with self._queue_lock:
+            already = self._closed
+            self._closed = True
+            self._space.notify_all()
+        if not already and self._worker is not None:
+            self._stopping = True
+            self._wake.set()
+        return time.monotonic() + self._close_timeout
+
+    def _finish_close(self, deadline: float) -> None:
+        worker = self._worker
+        if worker is not None and worker.is_alive() and os.getpid() == self._pid:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                self._cancel.set()  # stop retrying; the daemon thread ends on its own
+                unshipped = self._pending_records + self._in_flight + self._open_records()
+                self._report(
+                    "close-timeout",
+                    f"could not ship {unshipped} records to gs://{self.bucket} within "
+                    f"close_timeout={self._close_timeout} s",
+                )
+        _live_handlers.discard(self)
+        super().close()
+
+    def _open_records(self) -> int:
+        current = self._current
+        return current.records if current is not None else 0
+
+    def __repr__(self) -> str:
+        level = logging.getLevelName(self.level)
+        return f"<GCSHandler gs://{self.bucket}/{self._template.prefix} ({level})>"
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is not None:
+                return
+            worker = threading.Thread(
+                target=self._run, name=f"gcs_log_sink:{self.bucket}", daemon=True
+            )
+            self._worker = worker
+            worker.start()
+
+    def _run(self) -> None:
+        self._worker_ident = threading.get_ident()
+        try:
+            while True:
+                self._wake.clear()
+                self._worker_idle = False
+                batch = self._take_batch()
+                if batch:
+                    try:
+                        self._write_batch(batch)
+                    except Exception as exc:  # a bug or a surprise: lose the batch, not the app
+                        self._lost += self._in_flight
+                        self._written += self._in_flight
+                        self._in_flight = 0
+                        self._current = None
+                        self._report(
+                            "worker-error", f"records lost to an unexpected error: {exc!r}"
+                        )
+                    continue
+                self._serve_flush_requests()
+                now = self._clock()
+                current = self._current
+                if current is not None and self._policy.window_start(now) != current.window:
+                    self._finish_current()  # the window ended: make it readable now
+                if self._stopping:
+                    self._finish_current()
+                    self._serve_flush_requests()
+                    return
+                self._worker_idle = True
+                if self._items or self._flush_requests:
+                    continue
+                self._wake.wait(_MAX_IDLE_WAIT if self._current is not None else None)
+        except BaseException as exc:  # pragma: no cover - a bug; never take the app down
+            self._report("worker-crash", f"the shipping thread stopped: {exc!r}")
+        finally:
+            self._worker_idle = True
+            for request in self._flush_requests:
+                request.done.set()
+
+    def _take_batch(self) -> list[tuple[float, bytes]]:
+        with self._queue_lock:
+            batch = list(self._items)
+            self._items.clear()
+            self._in_flight = len(batch)
+            self._pending_records = 0
+            self._pending_bytes = 0
+            if batch:
+                self._space.notify_all()
+        return batch
+
+    def _write_batch(self, batch: list[tuple[float, bytes]]) -> None:
+        """Write records in order, rolling between them where the policy says."""
+        self._note_drops()
+        parts: list[bytes] = []
+        parts_size = 0
+        for created, data in batch:
+            if created < 0:  # rotate() marker
+                self._write_parts(parts, parts_size)
+                parts, parts_size = [], 0
+                self._written += 1
+                self._in_flight -= 1
+                self._finish_current()
+                continue
+            # A record created just before a newer one that got queued first must not
+            # reopen the window already left behind.
+            created = max(created, self._latest_window)
+            current = self._current
+            if current is not None:
+                roll = self._policy.roll(
+                    window=current.window,
+                    size=current.size + parts_size,
+                    now=created,
+                    incoming=len(data),
+                )
+                if roll is not None:
+                    self._write_parts(parts, parts_size)
+                    parts, parts_size = [], 0
+                    self._finish_current()
+            if self._current is None:
+                self._open(created)
+            parts.append(data)
+            parts_size += len(data)
+        self._write_parts(parts, parts_size)
+
+    def _write_parts(self, parts: list[bytes], size: int) -> None:
+        if not parts:
+            return
+        current = self._current
+        count = len(parts)
+        try:
+            if current is None:
+                raise _Refused  # the open failed: these records cannot be shipped
+            current.write(b"".join(parts), count)
+        except _Refused:
+            self._lost += count
+        except errors.UploadError as exc:
+            self._fail_current(exc)
+            self._lost += count
+        finally:
+            self._written += count
+            self._in_flight -= count
+
+    def _note_drops(self) -> None:
+        dropped = self._dropped
+        if dropped == self._dropped_reported:
+            return
+        count = dropped - self._dropped_reported
+        self._dropped_reported = dropped
+        record = logging.LogRecord(
+            "gcs_log_sink", logging.WARNING, __file__, 0,
+            "gcs_log_sink dropped %d records (queue full)", (count,), None,
+        )  # fmt: skip
+        try:
+            line = self.format(record)
+        except Exception:
+            line = record.getMessage()
+        self._report("dropped", f"queue full: dropping records (overflow={self._overflow!r})")
+        with self._queue_lock:
+            self._items.appendleft((self._clock(), (line + "\n").encode("utf-8", "replace")))
+            self._pending_records += 1
+            self._accepted += 1
+
+    def _open(self, created: float) -> None:
+        now = time.monotonic()
+        if now < self._open_refused_until:
+            return
+        window = self._policy.window_start(created)
+        self._latest_window = max(self._latest_window, window)
+        start = datetime.fromtimestamp(window, timezone.utc)
+        options = dict(self._stream_options)
+        if self._client is None:
+            from .stream import default_client
+
+            self._client = default_client()
+        for _ in range(_NAME_ATTEMPTS):
+            name = self._template.render(
+                start=start,
+                seq=self._seq,
+                host=self._host,
+                pid=self._pid,
+                stream=self._stream_name or "log",
+            )
+            self._seq += 1
+            if self._compression == "gzip" and not name.endswith(".gz"):
+                name += ".gz"
+            try:
+                stream = GCSObjectStream(
+                    self.bucket, name, client=self._client, _cancel=self._cancel, **options
+                )
+            except errors.PreconditionFailedError:
+                continue  # another process has this name: take the next seq
+            except errors.GCSLogSinkError as exc:
+                self._open_refused_until = now + _OPEN_COOLDOWN
+                self._report(type(exc).__name__, f"cannot open an object: {exc}")
+                return
+            compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if self._compression else None
+            self._current = _OpenObject(stream, window, compressor=compressor)
+            return
+        self._open_refused_until = now + _OPEN_COOLDOWN
+        self._report("names", f"{_NAME_ATTEMPTS} object names in a row were taken")
+
+    def _finish_current(self) -> None:
+        current, self._current = self._current, None
+        if current is None:
+            return
+        try:
+            current.finish()
+        except errors.UploadError as exc:
+            self._lost += current.records
+            self._report(type(exc).__name__, f"cannot finalize an object: {exc}")
+
+    def _fail_current(self, exc: errors.UploadError) -> None:
+        current, self._current = self._current, None
+        if current is None:
+            return
+        self._lost += current.records
+        self._report(type(exc).__name__, f"an upload failed: {exc}")
+        current.stream.abort()
+
+    def _serve_flush_requests(self) -> None:
+        with self._queue_lock:
+            ready = [r for r in self._flush_requests if r.target <= self._written]
+            self._flush_requests = [r for r in self._flush_requests if r not in ready]
+        if not ready:
+            return
+        current = self._current
+        if current is not None:
+            try:
+                current.flush()
+            except errors.UploadError as exc:
+                self._fail_current(exc)
+        for request in ready:
+            request.done.set()
+
+    def _report(self, kind: str, message: str) -> None:
+        """One line on stderr per kind of failure, never a traceback, never a loop."""
+        if kind in self._reported:
+            return
+        self._reported.add(kind)
+        try:
+            sys.stderr.write(f"gcs_log_sink: GCSHandler(gs://{self.bucket}): {message}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: S110 - stderr itself is gone: nothing left to tell
+            pass
+
+
+class _Refused(Exception):
+    """No object could be opened for these records."""
+
+
+# -- process-wide hooks: at exit, and after fork -------------------------------------------
+
+_live_handlers: weakref.WeakSet[GCSHandler] = weakref.WeakSet()
+_hooks_installed = False
+_hooks_lock = threading.Lock()
+
+
+def _close_all_at_exit() -> None:
+    """Close every live handler within the largest close_timeout, in total, not each."""
+    handlers = list(_live_handlers)
+    deadlines = [handler._begin_close() for handler in handlers]
+    deadline = max(deadlines, default=time.monotonic())
+    for handler in handlers:
+        handler._finish_close(deadline)
+
+
+def _reset_in_child() -> None:
+    for handler in list(_live_handlers):
+        handler._start_fresh()
+        client = handler._client
+        if client is not None and hasattr(client, "_http_internal"):
+            # The parent's connection pool must not be shared: the child makes its own.
+            client._http_internal = None
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+        # Registered after `import logging`, so it runs before logging.shutdown.
+        atexit.register(_close_all_at_exit)
+        os.register_at_fork(after_in_child=_reset_in_child)
