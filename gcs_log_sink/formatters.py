@@ -29,6 +29,9 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
     "asctime",
     "taskName",
 }
+# Non-ASCII characters str.splitlines() (and some JSON-lines readers) treat as line breaks,
+# which json.dumps leaves raw; they can only occur inside JSON strings, so escaping is safe.
+_LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 # Keys the formatter owns: an extra with one of these names is dropped, not allowed to lie.
 _CORE_KEYS = frozenset({"time", "level", "logger", "message"})
 
@@ -66,7 +69,8 @@ class JSONFormatter(logging.Formatter):
     The output is always valid UTF-8 JSON: a record holding a lone surrogate (from
     ``surrogateescape``-decoded file names, say) is written with ``ensure_ascii`` so the
     surrogate is an escape, not a byte sequence that would make ``.encode("utf-8")`` fail.
-    NaN and infinities, which are not JSON, are written as their ``repr`` strings.
+    NaN and infinities, which are not JSON, are written as their ``repr`` strings. U+0085,
+    U+2028 and U+2029 are escaped too, so even ``str.splitlines`` sees one line.
     """
 
     def __init__(
@@ -111,7 +115,10 @@ class JSONFormatter(logging.Formatter):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: let json write it as an escape
-                text = self._render(payload, True)
+                return self._render(payload, True)
+            for char, escape in _LINE_BREAKS:
+                if char in text:
+                    text = text.replace(char, escape)
         return text
 
     def _render(self, payload: dict[Any, Any], ensure_ascii: bool) -> str:

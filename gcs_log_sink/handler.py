@@ -174,6 +174,11 @@ class GCSHandler(logging.Handler):
         self._block_timeout = _positive_seconds("block_timeout", block_timeout, zero_ok=True)
         self._close_timeout = _positive_seconds("close_timeout", close_timeout, zero_ok=True)
         self._client = client
+        if client is None:
+            # Import now, on the configuring thread: a fork while the worker is halfway
+            # through this import would leave the child a half-initialized module.
+            # The client itself is made later, by the worker: finding credentials can be slow.
+            from google.cloud import storage  # noqa: F401
         self._stream_name = stream
         self._clock = clock
         self._host = socket.gethostname()
