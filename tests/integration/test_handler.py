@@ -121,7 +121,7 @@ def test_size_rotation_never_splits_records_and_makes_no_empty_objects(
     handler.close()
 
     objects = read_all(client, bucket)
-    assert records[:1000] + ["huge " + "y" * 50_000] + records[1000:] == lines_of(objects)
+    assert [*records[:1000], "huge " + "y" * 50000, *records[1000:]] == lines_of(objects)
     sizes = sorted(len(data) for data in objects.values())
     assert 0 not in sizes
     assert [50_006] == [size for size in sizes if size > 10_000]
