@@ -20,6 +20,7 @@ from .errors import (
     SessionLostError,
     UploadError,
 )
+from .formatters import JSONFormatter
 from .handler import GCSHandler
 from .stream import GCSObjectStream
 
@@ -36,6 +37,7 @@ __all__ = [
     "GCSLogSinkError",
     "GCSObjectStream",
     "IntegrityError",
+    "JSONFormatter",
     "PermissionDeniedError",
     "PreconditionFailedError",
     "RetryDeadlineExceededError",

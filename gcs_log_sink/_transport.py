@@ -86,6 +86,7 @@ class Transport:
         except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
             # No chaining of the original: its message holds the session URL.
             raise TransportError(type(exc).__name__) from None
-        except google.auth.exceptions.RefreshError as exc:
+        except google.auth.exceptions.GoogleAuthError as exc:
+            # Refresh failed (after a 401, or before the first request): no usable credentials.
             raise CredentialsError(str(exc)) from None
         return Answer(response.status_code, response.headers, body)

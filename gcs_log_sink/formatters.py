@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,6 +35,8 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _LINE_BREAKS = (("\x85", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 # Keys the formatter owns: an extra with one of these names is dropped, not allowed to lie.
 _CORE_KEYS = frozenset({"time", "level", "logger", "message"})
+# What is not an extra, for the single membership test per record attribute.
+_NOT_EXTRA = _STANDARD_ATTRS | _CORE_KEYS
 
 
 def _safe_repr(value: object) -> str:
@@ -82,8 +85,17 @@ class JSONFormatter(logging.Formatter):
     ) -> None:
         super().__init__()
         self.fields = dict(fields or {})
-        self.ensure_ascii = ensure_ascii
-        self.default: Callable[[Any], Any] = default if default is not None else repr
+        self._ensure_ascii = ensure_ascii
+        # Built once: json.dumps with any option set builds a new encoder on every call.
+        self._encoders = {
+            flag: json.JSONEncoder(
+                ensure_ascii=flag,
+                allow_nan=False,
+                default=default if default is not None else repr,
+                separators=(",", ":"),
+            )
+            for flag in (False, True)
+        }
         # (whole seconds, "YYYY-MM-DDTHH:MM:SS"), swapped as one tuple so threads never see
         # the second of one pair with the text of another.
         self._second: tuple[int, str] = (0, "1970-01-01T00:00:00")
@@ -98,20 +110,18 @@ class JSONFormatter(logging.Formatter):
         }
         for key, value in self.fields.items():
             payload.setdefault(key, value)
-        extra_keys = record.__dict__.keys() - _STANDARD_ATTRS
-        if extra_keys:
-            for key, value in record.__dict__.items():
-                if key in extra_keys and key not in _CORE_KEYS:
-                    payload[key] = value
+        for key, value in record.__dict__.items():
+            if key not in _NOT_EXTRA:
+                payload[key] = value
         if record.exc_info and not record.exc_text:
             # Cached on the record as logging.Formatter does, for the next handler.
             record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
+        if record.exc_text:  # also set alone, on records a SocketHandler sent over
             payload["exception"] = record.exc_text
         if record.stack_info:
             payload["stack"] = self.formatStack(record.stack_info)
-        text = self._render(payload, self.ensure_ascii)
-        if not self.ensure_ascii and not text.isascii():
+        text = self._render(payload, self._ensure_ascii)
+        if not self._ensure_ascii and not text.isascii():
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: let json write it as an escape
@@ -128,13 +138,7 @@ class JSONFormatter(logging.Formatter):
             return self._dumps(self._sanitized(payload), ensure_ascii)
 
     def _dumps(self, payload: dict[Any, Any], ensure_ascii: bool) -> str:
-        return json.dumps(
-            payload,
-            ensure_ascii=ensure_ascii,
-            allow_nan=False,
-            default=self.default,
-            separators=(",", ":"),
-        )
+        return self._encoders[ensure_ascii].encode(payload)
 
     def _sanitized(self, payload: dict[Any, Any]) -> dict[str, Any]:
         """``payload`` with string keys and every value ``json`` refuses replaced by its repr.
@@ -153,11 +157,10 @@ class JSONFormatter(logging.Formatter):
 
     def _time(self, created: float) -> str:
         """``created`` as ``2026-11-26T09:30:00.123Z``; the seconds part is cached."""
-        seconds, fraction = divmod(created, 1.0)
-        whole = int(seconds)
+        whole = math.floor(created)
         cached = self._second
         if cached[0] != whole:
             cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
             self._second = cached
-        # min(): divmod of a tiny negative float can give a fraction of exactly 1.0.
-        return f"{cached[1]}.{min(int(fraction * 1000), 999):03d}Z"
+        # min(): for a tiny negative float, created - whole rounds to exactly 1.0.
+        return f"{cached[1]}.{min(int((created - whole) * 1000), 999):03d}Z"

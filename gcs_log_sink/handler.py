@@ -54,6 +54,10 @@ _NAME_ATTEMPTS = 100
 _OPEN_COOLDOWN = 5.0
 # How long the worker sleeps at most while an object is open: the window-end check.
 _MAX_IDLE_WAIT = 1.0
+# After a small batch, the worker waits this long for more records unless someone waits on
+# it (flush, rotate, close). Waking per record would make it fight the callers for the GIL.
+_LINGER = 0.02
+_SMALL_BATCH = 512
 
 
 @dataclass
@@ -205,6 +209,7 @@ class GCSHandler(logging.Handler):
         self._dropped_reported = 0
         self._flush_requests: list[_FlushRequest] = []
         self._wake = threading.Event()
+        self._urgent = threading.Event()  # someone waits on the worker: no lingering
         self._worker_idle = False
         self._stopping = False
         self._cancel = threading.Event()
@@ -245,7 +250,7 @@ class GCSHandler(logging.Handler):
         if threading.get_ident() == self._worker_ident:
             return
         try:
-            self._enqueue(self._clock(), bytes(line))
+            self._enqueue(self._clock(), line)
         except Exception:
             self._report("enqueue", "enqueue() failed; the record was dropped")
 
@@ -301,6 +306,7 @@ class GCSHandler(logging.Handler):
         with self._queue_lock:
             request = _FlushRequest(self._accepted)
             self._flush_requests.append(request)
+        self._urgent.set()
         self._wake.set()
         if not request.done.wait(self._close_timeout):
             self._report(
@@ -331,6 +337,7 @@ class GCSHandler(logging.Handler):
             self._space.notify_all()
         if not already and self._worker is not None:
             self._stopping = True
+            self._urgent.set()
             self._wake.set()
         return time.monotonic() + self._close_timeout
 
@@ -387,7 +394,10 @@ class GCSHandler(logging.Handler):
                         self._report(
                             "worker-error", f"records lost to an unexpected error: {exc!r}"
                         )
+                    if len(batch) < _SMALL_BATCH:
+                        self._urgent.wait(_LINGER)
                     continue
+                self._urgent.clear()
                 self._serve_flush_requests()
                 now = self._clock()
                 current = self._current
@@ -400,7 +410,8 @@ class GCSHandler(logging.Handler):
                 self._worker_idle = True
                 if self._items or self._flush_requests:
                     continue
-                self._wake.wait(_MAX_IDLE_WAIT if self._current is not None else None)
+                if self._wake.wait(_MAX_IDLE_WAIT if self._current is not None else None):
+                    self._urgent.wait(_LINGER)
         except BaseException as exc:  # pragma: no cover - a bug; never take the app down
             self._report("worker-crash", f"the shipping thread stopped: {exc!r}")
         finally:
@@ -487,7 +498,9 @@ class GCSHandler(logging.Handler):
             line = record.getMessage()
         self._report("dropped", f"queue full: dropping records (overflow={self._overflow!r})")
         with self._queue_lock:
-            self._items.appendleft((self._clock(), (line + "\n").encode("utf-8", "replace")))
+            self._items.appendleft(
+                (self._clock(), (line + "\n").encode("utf-8", "backslashreplace"))
+            )
             self._pending_records += 1
             self._accepted += 1
 
