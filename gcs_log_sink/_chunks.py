@@ -73,7 +73,8 @@ class ChunkBuffer:
         """A copy of the first ``length`` unconfirmed bytes, to send as one request body."""
         if not 0 <= length <= len(self._data):
             raise ValueError(f"cannot peek {length} of {len(self._data)} bytes")
-        return bytes(self._data[:length])
+        with memoryview(self._data) as view:  # one copy, not a bytearray slice and then bytes
+            return bytes(view[:length])
 
     def release_to(self, offset: int) -> None:
         """Forget bytes before ``offset``: GCS says it holds them.

@@ -16,6 +16,12 @@ resumable-upload client. Each patch restores what GCS does:
 5. ``ifGenerationMatch=0`` on a resumable initiate is refused with 412 when the object
    exists (the emulator ignores preconditions).
 
+One more patch is about cost, not behaviour: in memory, the emulator copies everything a
+session received on every chunk (``file_content += content``), so a 256 MiB upload in 8 MiB
+chunks costs it 4 GiB of copying and benchmarks would measure the server, not the client.
+With ``in_memory``, sessions append into a growing buffer instead, linear as on GCS. The
+filesystem backend keeps the original, which survives a server restart.
+
 The server is single-threaded: a stalled connection blocks every other client, so faults
 are injected by a proxy in front of it, never by holding a request open against it.
 """
@@ -129,6 +135,44 @@ class _Status:
         self.phrase = phrase
 
 
+def _patch_linear_appends() -> None:  # pragma: no cover - runs in the server subprocess
+    from gcp_storage_emulator.exceptions import BadRequest
+    from gcp_storage_emulator.storage import Storage
+
+    received: dict[str, bytearray] = {}
+
+    def byte_count(self: Any, file_id: str) -> int:
+        return len(received.get(file_id, b""))
+
+    def add(
+        self: Any,
+        file_id: str,
+        content: bytes,
+        total_size: int | None = None,
+        expected_start: int | None = None,
+    ) -> bytes | None:
+        buffer = received.setdefault(file_id, bytearray())
+        if expected_start is not None and expected_start != len(buffer):
+            raise BadRequest(
+                f"Invalid Content-Range start: expected {len(buffer)}, got {expected_start}"
+            )
+        buffer += content or b""
+        if total_size is None or len(buffer) < total_size:
+            return None
+        del received[file_id]
+        return bytes(buffer[:total_size])
+
+    original_delete = Storage.delete_resumable_file_obj
+
+    def delete(self: Any, file_id: str) -> None:
+        received.pop(file_id, None)
+        original_delete(self, file_id)
+
+    Storage.get_resumable_byte_count = byte_count
+    Storage.add_to_resumable_upload = add
+    Storage.delete_resumable_file_obj = delete
+
+
 def _patch_emulator() -> None:  # pragma: no cover - runs in the server subprocess
     from gcp_storage_emulator.exceptions import BadRequest, NotFound
     from gcp_storage_emulator.handlers import objects
@@ -213,6 +257,8 @@ def _main(argv: list[str] | None = None) -> None:  # pragma: no cover - subproce
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
     _patch_emulator()
+    if not args.data_dir:
+        _patch_linear_appends()
     from gcp_storage_emulator.__main__ import main as emulator_main
 
     emulator_args = []

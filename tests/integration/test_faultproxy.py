@@ -298,11 +298,15 @@ def test_script_takes_precedence_over_plan(session: requests.Session, proxy: Fau
     assert [308, 503, 429, 429] == statuses
 
 
-def test_nothing_recorded_holds_the_upload_id(
-    session: requests.Session, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_nothing_recorded_holds_the_upload_id(session: requests.Session, proxy: FaultProxy) -> None:
     """Neither events nor log lines nor request reprs contain the session's upload_id."""
-    caplog.set_level(logging.DEBUG, logger="faultproxy")
+    log_lines: list[str] = []
+    capture = logging.Handler(logging.DEBUG)
+    capture.emit = lambda record: log_lines.append(record.getMessage())  # type: ignore[method-assign]
+    proxy_logger = logging.getLogger("faultproxy")
+    proxy_logger.addHandler(capture)
+    old_level = proxy_logger.level
+    proxy_logger.setLevel(logging.DEBUG)
     seen: list[str] = []
 
     def match(req: ProxiedRequest) -> bool:
@@ -316,8 +320,11 @@ def test_nothing_recorded_holds_the_upload_id(
         start = query_held(session, session_url)
         with contextlib.suppress(requests.ConnectionError):
             put(session, session_url, *chunk(2 * UPLOAD_UNIT, start=start))
+    proxy_logger.removeHandler(capture)
+    proxy_logger.setLevel(old_level)
     assert 7 == len(proxy.faults())
-    recorded = repr(proxy.events) + caplog.text + "".join(seen)
+    assert log_lines
+    recorded = repr(proxy.events) + "".join(log_lines) + "".join(seen)
     assert "upload_id" not in recorded
     assert upload_id not in recorded
 
