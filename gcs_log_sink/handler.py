@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import math
 import os
 import socket
 import sys
@@ -58,6 +59,10 @@ _MAX_IDLE_WAIT = 1.0
 # it (flush, rotate, close). Waking per record would make it fight the callers for the GIL.
 _LINGER = 0.02
 _SMALL_BATCH = 512
+# What the worker takes from the queue at a time, and how much it joins into one write.
+_BATCH_BYTES = 1024 * 1024
+_BATCH_RECORDS = 8192
+_WRITE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -111,6 +116,10 @@ class GCSHandler(logging.Handler):
     While GCS is unreachable, uploads are retried until ``retry_deadline`` (default: until
     the handler closes); memory stays bounded by ``queue_size``/``max_queue_bytes`` plus
     about one ``chunk_size``.
+
+    ``clock`` is the wall clock that places records in windows (tests inject one);
+    ``on_finalize(name, generation, size)`` is called on the shipping thread after each
+    object is finalized (the CLI composes its parts from these).
     """
 
     def __init__(
@@ -136,6 +145,7 @@ class GCSHandler(logging.Handler):
         retry_deadline: float | None = None,
         level: int | str = logging.NOTSET,
         clock: Callable[[], float] = time.time,
+        on_finalize: Callable[[str, int, int], None] | None = None,
     ) -> None:
         super().__init__(level)
         self.bucket = validate_bucket_name(bucket)
@@ -185,6 +195,7 @@ class GCSHandler(logging.Handler):
             from google.cloud import storage  # noqa: F401
         self._stream_name = stream
         self._clock = clock
+        self._on_finalize = on_finalize
         self._host = socket.gethostname()
         self._closed = False
         self._reported: set[str] = set()
@@ -286,7 +297,8 @@ class GCSHandler(logging.Handler):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closed:
                 return False
-            self._space.wait(remaining)
+            # An infinite block_timeout (the CLI's tee: backpressure, never drop) waits unbounded.
+            self._space.wait(None if math.isinf(remaining) else remaining)
         return True
 
     @property
@@ -394,8 +406,8 @@ class GCSHandler(logging.Handler):
                         self._report(
                             "worker-error", f"records lost to an unexpected error: {exc!r}"
                         )
-                    if len(batch) < _SMALL_BATCH:
-                        self._urgent.wait(_LINGER)
+                    if len(batch) < _SMALL_BATCH and not self._items:
+                        self._urgent.wait(_LINGER)  # a trickle: let records gather
                     continue
                 self._urgent.clear()
                 self._serve_flush_requests()
@@ -420,12 +432,22 @@ class GCSHandler(logging.Handler):
                 request.done.set()
 
     def _take_batch(self) -> list[tuple[float, bytes]]:
+        """Up to ``_BATCH_BYTES`` (or ``_BATCH_RECORDS``) from the queue's head.
+
+        A bounded batch keeps what is out of the queue but not yet written small: memory stays
+        near ``max_queue_bytes`` plus one chunk, not twice the queue.
+        """
+        batch: list[tuple[float, bytes]] = []
+        size = 0
         with self._queue_lock:
-            batch = list(self._items)
-            self._items.clear()
+            items = self._items
+            while items and size < _BATCH_BYTES and len(batch) < _BATCH_RECORDS:
+                item = items.popleft()
+                batch.append(item)
+                size += len(item[1])
             self._in_flight = len(batch)
-            self._pending_records = 0
-            self._pending_bytes = 0
+            self._pending_records -= len(batch)
+            self._pending_bytes -= size
             if batch:
                 self._space.notify_all()
         return batch
@@ -462,6 +484,9 @@ class GCSHandler(logging.Handler):
                 self._open(created)
             parts.append(data)
             parts_size += len(data)
+            if parts_size >= _WRITE_BYTES:
+                self._write_parts(parts, parts_size)
+                parts, parts_size = [], 0
         self._write_parts(parts, parts_size)
 
     def _write_parts(self, parts: list[bytes], size: int) -> None:
@@ -552,6 +577,13 @@ class GCSHandler(logging.Handler):
         except errors.UploadError as exc:
             self._lost += current.records
             self._report(type(exc).__name__, f"cannot finalize an object: {exc}")
+            return
+        if self._on_finalize is not None:
+            stream = current.stream
+            try:
+                self._on_finalize(stream.name, stream.generation or 0, stream.size or 0)
+            except Exception as exc:
+                self._report("on_finalize", f"on_finalize raised {exc!r}")
 
     def _fail_current(self, exc: errors.UploadError) -> None:
         current, self._current = self._current, None

@@ -1,0 +1,154 @@
+"""``ls`` and ``cat``: read logs back, streaming, with bounded memory.
+
+Objects are read with google-cloud-storage's ``BlobReader`` (ranged requests of
+``READ_CHUNK`` bytes), never downloaded whole; gzip objects are decompressed as they stream,
+member by member (a composed gzip log is several members back to back), in bounded pieces.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO
+
+from .capture import BUILD_LOG
+from .errors import GCSLogSinkError
+from .gsurl import GSURL
+
+__all__ = ["LogObject", "cat", "follow", "list_logs", "stream_object"]
+
+READ_CHUNK = 1024 * 1024
+
+
+class _Gunzip:
+    """Streaming gzip decoding across members, in pieces of at most ``READ_CHUNK``."""
+
+    def __init__(self) -> None:
+        self._decoder = zlib.decompressobj(wbits=47)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            yield self._decoder.decompress(data, READ_CHUNK)
+            if self._decoder.unconsumed_tail:
+                data = self._decoder.unconsumed_tail
+            elif self._decoder.eof:
+                data = self._decoder.unused_data
+                self._decoder = zlib.decompressobj(wbits=47)
+            else:
+                data = b""
+
+
+def _is_gzip(blob: Any) -> bool:
+    return bool(blob.name.endswith(".gz") or blob.content_type == "application/gzip")
+
+
+def stream_object(
+    blob: Any,
+    out: BinaryIO,
+    *,
+    start: int = 0,
+    on_read: Callable[[int], None] | None = None,
+) -> None:
+    """Copy ``blob`` (from stored byte ``start``) to ``out``, telling ``on_read`` each step."""
+    gunzip = _Gunzip() if _is_gzip(blob) else None
+    with blob.open("rb", chunk_size=READ_CHUNK) as reader:
+        if start:
+            reader.seek(start)
+        while data := reader.read(READ_CHUNK):
+            for piece in gunzip.feed(data) if gunzip else (data,):
+                out.write(piece)
+            out.flush()
+            if on_read is not None:
+                on_read(len(data))
+
+
+@dataclass(frozen=True)
+class LogObject:
+    """One object under a prefix, as ``ls`` shows it."""
+
+    name: str
+    size: int
+    updated: datetime | None
+    is_part: bool
+
+
+def list_logs(client: Any, url: GSURL) -> list[LogObject]:
+    """Every object under ``url`` (an object or a prefix), sorted by name."""
+    prefix = f"{url.path}/" if url.path else None
+    found = [
+        LogObject(blob.name, int(blob.size or 0), blob.updated, "/parts/" in f"/{blob.name}")
+        for blob in client.list_blobs(url.bucket, prefix=prefix)
+    ]
+    if url.path:
+        exact = client.bucket(url.bucket).get_blob(url.path)
+        if exact is not None:
+            found.append(LogObject(exact.name, int(exact.size or 0), exact.updated, False))
+    return sorted(found, key=lambda item: item.name)
+
+
+def _parts(client: Any, url: GSURL) -> list[Any]:
+    return sorted(
+        client.list_blobs(url.bucket, prefix=url.child("parts/")), key=lambda blob: blob.name
+    )
+
+
+def cat(client: Any, url: GSURL, out: BinaryIO) -> None:
+    """Print an object; or a prefix's ``build.log``; or else its parts, in order."""
+    bucket = client.bucket(url.bucket)
+    for name in (url.path, url.child(BUILD_LOG)) if url.path else (BUILD_LOG,):
+        blob = bucket.get_blob(name)
+        if blob is not None:
+            stream_object(blob, out)
+            return
+    parts = _parts(client, url)
+    if not parts:
+        raise GCSLogSinkError(f"nothing to print at {url}: no such object, build.log or parts")
+    for blob in parts:
+        stream_object(blob, out)
+
+
+def follow(
+    client: Any,
+    url: GSURL,
+    out: BinaryIO,
+    *,
+    poll_seconds: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    max_polls: int | None = None,
+) -> None:
+    """Print parts as they are finalized, until ``build.log`` appears; then print its rest.
+
+    ``build.log`` is the parts composed in order, so what was printed from parts is exactly
+    its prefix: the rest is read from that offset, even if the parts were deleted meanwhile.
+    """
+    from google.api_core.exceptions import NotFound
+
+    bucket = client.bucket(url.bucket)
+    printed: set[str] = set()
+    offset = 0
+    polls = 0
+
+    def advance(count: int) -> None:
+        nonlocal offset
+        offset += count
+
+    while True:
+        final = bucket.get_blob(url.child(BUILD_LOG))
+        if final is not None:
+            if offset < int(final.size or 0):
+                stream_object(final, out, start=offset)
+            return
+        try:
+            for blob in _parts(client, url):
+                if blob.name not in printed:
+                    stream_object(blob, out, on_read=advance)
+                    printed.add(blob.name)
+        except NotFound:
+            continue  # composed and deleted under us: build.log has the rest
+        polls += 1
+        if max_polls is not None and polls >= max_polls:
+            return
+        sleep(poll_seconds)
