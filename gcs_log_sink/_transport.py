@@ -8,6 +8,7 @@ caller treats as "the server may or may not have seen it": ask it, never resend 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,7 +17,7 @@ from typing import Any
 import google.auth.exceptions
 import requests
 
-from ._protocol import Request
+from ._protocol import Request, redact
 
 __all__ = [
     "Answer",
@@ -43,6 +44,26 @@ class TransportError(Exception):
 
 class CredentialsError(Exception):
     """google-auth could not produce credentials for the request (no or bad credentials)."""
+
+
+class _RedactSessionIds(logging.Filter):
+    """Keep resumable session ids out of urllib3's DEBUG lines ("PUT /upload/...?upload_id=").
+
+    A session URL is a bearer capability: anyone holding it can write the object. urllib3
+    logs request URLs at DEBUG, which many programs turn on while debugging.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "upload_id=" in arg for arg in record.args
+        ):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+_SESSION_ID_FILTER = _RedactSessionIds()
+for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(_SESSION_ID_FILTER)
 
 
 def user_agent() -> str:

@@ -194,3 +194,26 @@ def test_writing_str_is_a_type_error(client: Any, bucket: str) -> None:
             out.write("text")  # type: ignore[arg-type]
         out.write(b"bytes")
     assert b"bytes" == read_object(client, bucket, "typed")
+
+
+def test_urllib3_debug_lines_never_show_the_session_id(client: Any, bucket: str) -> None:
+    """With urllib3 at DEBUG, its request lines show upload_id=<redacted>, never the id."""
+    import logging
+
+    lines: list[str] = []
+    capture = logging.Handler(logging.DEBUG)
+    capture.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    urllib3_logger = logging.getLogger("urllib3.connectionpool")
+    old_level = urllib3_logger.level
+    urllib3_logger.addHandler(capture)
+    urllib3_logger.setLevel(logging.DEBUG)
+    try:
+        with GCSObjectStream(bucket, "quiet", client=client, chunk_size=UNIT) as out:
+            out.write(os.urandom(UNIT + 1))
+            session_id = out._session_url.split("upload_id=")[1]
+    finally:
+        urllib3_logger.removeHandler(capture)
+        urllib3_logger.setLevel(old_level)
+    assert any("upload_id=<redacted>" in line for line in lines), lines
+    assert not any(session_id in line for line in lines)
+    assert b"" != read_object(client, bucket, "quiet")
