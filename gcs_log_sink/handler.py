@@ -95,6 +95,19 @@ class _OpenObject:
 
 
 @dataclass
+class _Batch:
+    """Records taken from the queue at once, with what rotation needs to know of them."""
+
+    records: list[tuple[float, bytes]] = field(default_factory=list)
+    size: int = 0
+    newest: float = 0.0
+    has_marker: bool = False  # a rotate() marker is among the records
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+
+@dataclass
 class _FlushRequest:
     target: int  # records accepted before the flush() call
     done: threading.Event = field(default_factory=threading.Event)
@@ -282,8 +295,8 @@ class GCSHandler(logging.Handler):
             self._accepted += 1
         if self._worker is None:
             self._start_worker()
-        elif self._worker_idle:
-            self._wake.set()
+        elif self._worker_idle and not self._wake.is_set():
+            self._wake.set()  # once per wake-up, not once per record until the worker runs
 
     def _has_room(self, size: int) -> bool:
         if self._pending_records >= self._queue_size:
@@ -395,7 +408,7 @@ class GCSHandler(logging.Handler):
                 self._wake.clear()
                 self._worker_idle = False
                 batch = self._take_batch()
-                if batch:
+                if batch.records:
                     try:
                         self._write_batch(batch)
                     except Exception as exc:  # a bug or a surprise: lose the batch, not the app
@@ -406,7 +419,7 @@ class GCSHandler(logging.Handler):
                         self._report(
                             "worker-error", f"records lost to an unexpected error: {exc!r}"
                         )
-                    if len(batch) < _SMALL_BATCH and not self._items:
+                    if len(batch.records) < _SMALL_BATCH and not self._items:
                         self._urgent.wait(_LINGER)  # a trickle: let records gather
                     continue
                 self._urgent.clear()
@@ -431,33 +444,50 @@ class GCSHandler(logging.Handler):
             for request in self._flush_requests:
                 request.done.set()
 
-    def _take_batch(self) -> list[tuple[float, bytes]]:
+    def _take_batch(self) -> _Batch:
         """Up to ``_BATCH_BYTES`` (or ``_BATCH_RECORDS``) from the queue's head.
 
         A bounded batch keeps what is out of the queue but not yet written small: memory stays
         near ``max_queue_bytes`` plus one chunk, not twice the queue.
         """
-        batch: list[tuple[float, bytes]] = []
-        size = 0
+        batch = _Batch()
+        records = batch.records
         with self._queue_lock:
             items = self._items
-            while items and size < _BATCH_BYTES and len(batch) < _BATCH_RECORDS:
+            while items and batch.size < _BATCH_BYTES and len(records) < _BATCH_RECORDS:
                 item = items.popleft()
-                batch.append(item)
-                size += len(item[1])
-            self._in_flight = len(batch)
-            self._pending_records -= len(batch)
-            self._pending_bytes -= size
-            if batch:
+                records.append(item)
+                batch.size += len(item[1])
+            self._in_flight = len(records)
+            self._pending_records -= len(records)
+            self._pending_bytes -= batch.size
+            if records:
                 self._space.notify_all()
+        if records:
+            batch.newest = max(created for created, _ in records)
+            batch.has_marker = min(created for created, _ in records) < 0
         return batch
 
-    def _write_batch(self, batch: list[tuple[float, bytes]]) -> None:
+    def _write_batch(self, batch: _Batch) -> None:
         """Write records in order, rolling between them where the policy says."""
         self._note_drops()
-        parts: list[bytes] = []
+        current = self._current
+        if current is not None and self._fits(current, batch):
+            # The common case: the whole batch belongs in the open object. No per-record
+            # rotation checks, just writes of up to _WRITE_BYTES at a time.
+            parts: list[bytes] = []
+            parts_size = 0
+            for _, data in batch.records:
+                parts.append(data)
+                parts_size += len(data)
+                if parts_size >= _WRITE_BYTES:
+                    self._write_parts(parts, parts_size)
+                    parts, parts_size = [], 0
+            self._write_parts(parts, parts_size)
+            return
+        parts = []
         parts_size = 0
-        for created, data in batch:
+        for created, data in batch.records:
             if created < 0:  # rotate() marker
                 self._write_parts(parts, parts_size)
                 parts, parts_size = [], 0
@@ -488,6 +518,16 @@ class GCSHandler(logging.Handler):
                 self._write_parts(parts, parts_size)
                 parts, parts_size = [], 0
         self._write_parts(parts, parts_size)
+
+    def _fits(self, current: _OpenObject, batch: _Batch) -> bool:
+        """Whether every record of ``batch`` goes into ``current`` (no roll on the way)."""
+        if batch.has_marker:
+            return False
+        newest = max(batch.newest, self._latest_window)
+        if self._policy.window_start(newest) != current.window:
+            return False
+        max_bytes = self._policy.max_bytes
+        return max_bytes is None or current.size + batch.size <= max_bytes
 
     def _write_parts(self, parts: list[bytes], size: int) -> None:
         if not parts:
@@ -612,6 +652,8 @@ class GCSHandler(logging.Handler):
         """One line on stderr per kind of failure, never a traceback, never a loop."""
         if kind in self._reported:
             return
+        if self._cancel.is_set() and kind != "close-timeout":
+            return  # given up at close: that report already said what was not shipped
         self._reported.add(kind)
         try:
             sys.stderr.write(f"gcs_log_sink: GCSHandler(gs://{self.bucket}): {message}\n")
