@@ -62,6 +62,16 @@ class ChunkBuffer:
         """CRC32C of every byte appended so far."""
         return self._crc
 
+    def start_at(self, offset: int, crc32c: int) -> None:
+        """Begin at ``offset`` of an object whose first bytes (CRC ``crc32c``) GCS holds.
+
+        Resuming a session another process opened: those bytes are not here, and need not be.
+        """
+        if self._data or self._confirmed:
+            raise ValueError("start_at() on a buffer already in use")
+        self._confirmed = offset
+        self._crc = crc32c
+
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Take bytes the caller wrote."""
         # google-crc32c's C extension takes only ``bytes``: other buffers cost one copy.

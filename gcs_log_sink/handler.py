@@ -42,7 +42,9 @@ from typing import Any
 
 from . import errors
 from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
+from .recovery import ship_segment
 from .rotation import RotationPolicy
+from .spool import Segment, Spool, dead_spools
 from .stream import DEFAULT_CHUNK_SIZE, GCSObjectStream, _positive_seconds, validate_chunk_size
 
 __all__ = ["GCSHandler"]
@@ -69,29 +71,42 @@ _WRITE_BYTES = 256 * 1024
 class _OpenObject:
     """The object being written: its stream, window and what went into it."""
 
-    stream: GCSObjectStream
+    stream: GCSObjectStream | Segment  # straight to GCS, or to the spool's segment
     window: float
     size: int = 0  # uncompressed bytes, what max_bytes limits
     records: int = 0
     compressor: Any = None
+
+    def _put(self, data: bytes, records: int) -> None:
+        if isinstance(self.stream, Segment):
+            self.stream.write(data, records)
+        else:
+            self.stream.write(data)
 
     def write(self, data: bytes, records: int) -> None:
         self.size += len(data)
         self.records += records
         if self.compressor is not None:
             data = self.compressor.compress(data)
-        self.stream.write(data)
+        self._put(data, records)
 
     def flush(self) -> None:
         if self.compressor is not None:
             # Everything so far becomes decodable from the object's prefix.
-            self.stream.write(self.compressor.flush(zlib.Z_SYNC_FLUSH))
-        self.stream.flush()
+            self._put(self.compressor.flush(zlib.Z_SYNC_FLUSH), 0)
+        if isinstance(self.stream, Segment):
+            self.stream.sync()  # flush() acknowledges records once they are on disk
+        else:
+            self.stream.flush()
 
     def finish(self) -> None:
         if self.compressor is not None:
-            self.stream.write(self.compressor.flush(zlib.Z_FINISH))
-        self.stream.close()
+            self._put(self.compressor.flush(zlib.Z_FINISH), 0)
+        if isinstance(self.stream, Segment):
+            self.stream.state["records"] = self.records
+            self.stream.seal()
+        else:
+            self.stream.close()
 
 
 @dataclass
@@ -135,6 +150,10 @@ class GCSHandler(logging.Handler):
     object is finalized (the CLI composes its parts from these).
     """
 
+    # A constructor that raised leaves a half-built handler that logging.shutdown() will
+    # still flush and close: both must then do nothing.
+    _constructed = False
+
     def __init__(
         self,
         bucket: str,
@@ -159,6 +178,8 @@ class GCSHandler(logging.Handler):
         level: int | str = logging.NOTSET,
         clock: Callable[[], float] = time.time,
         on_finalize: Callable[[str, int, int], None] | None = None,
+        spool_dir: str | None = None,
+        max_spool_bytes: int = 1024 * 1024 * 1024,
     ) -> None:
         super().__init__(level)
         self.bucket = validate_bucket_name(bucket)
@@ -212,9 +233,21 @@ class GCSHandler(logging.Handler):
         self._host = socket.gethostname()
         self._closed = False
         self._reported: set[str] = set()
+        if (
+            isinstance(max_spool_bytes, bool)
+            or not isinstance(max_spool_bytes, int)
+            or (max_spool_bytes < 1)
+        ):
+            raise errors.ConfigurationError(
+                f"max_spool_bytes must be a positive int, got {max_spool_bytes!r}"
+            )
+        self._spool_root = spool_dir
+        self._max_spool_bytes = max_spool_bytes
+        self._spool: Spool | None = None
         self._start_fresh()
         _live_handlers.add(self)
         _install_process_hooks()
+        self._constructed = True
 
     # -- state that a forked child must not share with its parent ------------------------
 
@@ -245,6 +278,22 @@ class GCSHandler(logging.Handler):
         self._latest_window = 0.0
         self._lost = 0
         self._open_refused_until = 0.0
+        # The spool (spool_dir): the worker writes segments, the uploader ships them.
+        if self._spool_root is not None:
+            stream = self._stream_name or "log"
+            if self._spool is not None:  # a forked child: a spool directory of its own
+                self._spool.release()  # our copy of the parent's lock; the parent keeps it
+                stream = f"{stream}.{os.getpid()}"
+            self._spool = Spool(self._spool_root, stream)
+        self._to_upload: collections.deque[Segment] = collections.deque(
+            self._spool.segments() if self._spool is not None else ()
+        )
+        self._spool_changed = threading.Condition()
+        self._spooling_done = False
+        self._uploader: threading.Thread | None = None
+        self._spooled_records = 0
+        self._shipped_records = 0
+        self._spool_checked_at = 0
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -326,7 +375,12 @@ class GCSHandler(logging.Handler):
 
     def flush(self) -> None:
         """Return once every record emitted before the call is in GCS (see the class doc)."""
-        if self._closed or self._worker is None or threading.get_ident() == self._worker_ident:
+        if (
+            not self._constructed
+            or self._closed
+            or self._worker is None
+            or threading.get_ident() == self._worker_ident
+        ):
             return
         with self._queue_lock:
             request = _FlushRequest(self._accepted)
@@ -342,7 +396,7 @@ class GCSHandler(logging.Handler):
 
     def rotate(self) -> None:
         """Finalize the open object now (after what was emitted before the call)."""
-        if self._closed or self._worker is None:
+        if not self._constructed or self._closed or self._worker is None:
             return
         with self._queue_lock:
             self._items.append((-1.0, b""))  # a marker: roll here
@@ -352,6 +406,9 @@ class GCSHandler(logging.Handler):
 
     def close(self) -> None:
         """Ship what is queued, finalize, stop the thread. Idempotent; bounded by close_timeout."""
+        if not self._constructed:
+            super().close()
+            return
         deadline = self._begin_close()
         self._finish_close(deadline)
 
@@ -378,6 +435,20 @@ class GCSHandler(logging.Handler):
                     f"could not ship {unshipped} records to gs://{self.bucket} within "
                     f"close_timeout={self._close_timeout} s",
                 )
+        uploader = self._uploader
+        if uploader is not None and uploader.is_alive() and os.getpid() == self._pid:
+            uploader.join(max(0.0, deadline - time.monotonic()))
+            if uploader.is_alive():
+                self._cancel.set()
+                left = self._spooled_records - self._shipped_records
+                assert self._spool is not None
+                self._report(
+                    "close-timeout",
+                    f"{left} records wait in the spool {self._spool.directory}; they are "
+                    "shipped at the next start or by 'gcs-log-sink recover'",
+                )
+        if self._spool is not None and (uploader is None or not uploader.is_alive()):
+            self._spool.release()
         _live_handlers.discard(self)
         super().close()
 
@@ -400,6 +471,11 @@ class GCSHandler(logging.Handler):
             )
             self._worker = worker
             worker.start()
+            if self._spool is not None:
+                self._uploader = threading.Thread(
+                    target=self._upload_run, name=f"gcs_log_sink:{self.bucket}:up", daemon=True
+                )
+                self._uploader.start()
 
     def _run(self) -> None:
         self._worker_ident = threading.get_ident()
@@ -443,6 +519,9 @@ class GCSHandler(logging.Handler):
             self._worker_idle = True
             for request in self._flush_requests:
                 request.done.set()
+            with self._spool_changed:
+                self._spooling_done = True
+                self._spool_changed.notify_all()
 
     def _take_batch(self) -> _Batch:
         """Up to ``_BATCH_BYTES`` (or ``_BATCH_RECORDS``) from the queue's head.
@@ -538,7 +617,14 @@ class GCSHandler(logging.Handler):
             if current is None:
                 raise _Refused  # the open failed: these records cannot be shipped
             current.write(b"".join(parts), count)
+            if self._spool is not None:
+                self._spooled_records += count
+                with self._spool_changed:
+                    self._spool_changed.notify_all()
         except _Refused:
+            self._lost += count
+        except OSError as exc:  # the spool's disk
+            self._report("spool", f"cannot write the spool: {exc}")
             self._lost += count
         except errors.UploadError as exc:
             self._fail_current(exc)
@@ -592,6 +678,9 @@ class GCSHandler(logging.Handler):
             self._seq += 1
             if self._compression == "gzip" and not name.endswith(".gz"):
                 name += ".gz"
+            if self._spool is not None:
+                self._open_segment(name, window)
+                return
             try:
                 stream = GCSObjectStream(
                     self.bucket, name, client=self._client, _cancel=self._cancel, **options
@@ -608,12 +697,111 @@ class GCSHandler(logging.Handler):
         self._open_refused_until = now + _OPEN_COOLDOWN
         self._report("names", f"{_NAME_ATTEMPTS} object names in a row were taken")
 
+    def _open_segment(self, name: str, window: float) -> None:
+        assert self._spool is not None
+        self._make_spool_room()
+        try:
+            segment = self._spool.create(self.bucket, name)
+        except OSError as exc:
+            self._report("spool", f"cannot write the spool: {exc}")
+            return
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if self._compression else None
+        self._current = _OpenObject(segment, window, compressor=compressor)
+        with self._spool_changed:
+            self._to_upload.append(segment)
+            self._spool_changed.notify_all()
+
+    def _make_spool_room(self) -> None:
+        """Past max_spool_bytes, drop the oldest segments not being uploaded, counted."""
+        assert self._spool is not None
+        segments = self._spool.segments()
+        total = sum(segment.size() for segment in segments)
+        for old in segments[1:]:  # the oldest is the one the uploader is on
+            if total <= self._max_spool_bytes:
+                return
+            if not old.sealed:
+                continue
+            total -= old.size()
+            records = int(old.state.get("records", 0))
+            with self._spool_changed:
+                self._to_upload = collections.deque(s for s in self._to_upload if s.id != old.id)
+            old.remove()
+            self._dropped += records
+            self._spooled_records -= records
+            self._report("spool-full", "spool past max_spool_bytes: dropped the oldest records")
+
+    def _upload_run(self) -> None:
+        """Ship spooled segments, oldest first: a dead process's, then this one's."""
+        options = {**self._stream_options, "_cancel": self._cancel}
+        try:
+            if self._client is None:
+                from .stream import default_client
+
+                self._client = default_client()
+            assert self._spool_root is not None
+            with dead_spools(self._spool_root) as spools:
+                for _, segments in spools:
+                    for segment in segments:
+                        if self._cancel.is_set():
+                            return
+                        self._ship(segment, options, wait=False)
+            while not self._cancel.is_set():
+                with self._spool_changed:
+                    while not self._to_upload and not self._spooling_done:
+                        self._spool_changed.wait()
+                    if not self._to_upload:
+                        return
+                    segment = self._to_upload[0]
+                self._ship(segment, options, wait=True)
+                with self._spool_changed:
+                    if self._to_upload and self._to_upload[0] is segment:
+                        self._to_upload.popleft()
+        except Exception as exc:  # pragma: no cover - a bug; the spool keeps the data
+            self._report("uploader-crash", f"the upload thread stopped: {exc!r}")
+
+    def _ship(self, segment: Segment, options: dict[str, Any], *, wait: bool) -> None:
+        def wait_for_more() -> bool:
+            with self._spool_changed:
+                if not segment.sealed and not self._cancel.is_set():
+                    self._spool_changed.wait(0.5)
+            return not self._cancel.is_set()
+
+        while not self._cancel.is_set():
+            try:
+                shipped = ship_segment(
+                    segment,
+                    client=self._client,
+                    options=options,
+                    report=self._report,
+                    wait_for_more=wait_for_more if wait else None,
+                )
+            except errors.UploadError as exc:
+                if self._cancel.is_set():
+                    return
+                self._report(type(exc).__name__, f"an upload from the spool failed: {exc}")
+                self._cancel.wait(_OPEN_COOLDOWN)  # the data is safe on disk: try again
+                continue
+            self._shipped_records += shipped
+            if self._on_finalize is not None and shipped:
+                try:
+                    self._on_finalize(segment.name, 0, 0)
+                except Exception as exc:
+                    self._report("on_finalize", f"on_finalize raised {exc!r}")
+            return
+
     def _finish_current(self) -> None:
         current, self._current = self._current, None
         if current is None:
             return
         try:
             current.finish()
+            if isinstance(current.stream, Segment):
+                with self._spool_changed:
+                    self._spool_changed.notify_all()
+                return  # the uploader finalizes it
+        except OSError as exc:
+            self._report("spool", f"cannot seal a spool segment: {exc}")
+            return
         except errors.UploadError as exc:
             self._lost += current.records
             self._report(type(exc).__name__, f"cannot finalize an object: {exc}")
@@ -631,7 +819,8 @@ class GCSHandler(logging.Handler):
             return
         self._lost += current.records
         self._report(type(exc).__name__, f"an upload failed: {exc}")
-        current.stream.abort()
+        if isinstance(current.stream, GCSObjectStream):
+            current.stream.abort()
 
     def _serve_flush_requests(self) -> None:
         with self._queue_lock:

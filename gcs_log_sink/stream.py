@@ -15,7 +15,7 @@ import io
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from . import errors
@@ -112,6 +112,7 @@ class GCSObjectStream(io.BufferedIOBase):
         retry_deadline: float = 120.0,
         _cancel: threading.Event | None = None,
         _rng: random.Random | None = None,
+        _resume: tuple[str, Callable[[int], int]] | None = None,
     ) -> None:
         super().__init__()
         # State close() reads first: a constructor that raises still leaves a closable
@@ -121,6 +122,7 @@ class GCSObjectStream(io.BufferedIOBase):
         self._failure: errors.UploadError | None = None
         self._result: Finalized | None = None
         self._buffer = ChunkBuffer()
+        self._resumed_at = 0
         if not isinstance(bucket, str) and hasattr(bucket, "name"):
             client = client if client is not None else getattr(bucket, "client", None)
             bucket = bucket.name
@@ -144,8 +146,45 @@ class GCSObjectStream(io.BufferedIOBase):
         self._rng = _rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._client = client if client is not None else default_client()
         self._transport = Transport.for_client(self._client, timeout)
-        self._session_url = self._initiate(content_type, if_generation_match)
+        if _resume is None:
+            self._session_url = self._initiate(content_type, if_generation_match)
+        else:
+            # A session a dead process opened (the spool kept its URL): ask GCS where it
+            # stands; the caller then writes the bytes from ``resumed_at`` on.
+            self._session_url, prefix_crc = _resume
+            self._resume_from_server(prefix_crc)
         self._opened = True
+
+    @property
+    def resumed_at(self) -> int:
+        """How many bytes GCS held when this stream started: 0 unless resumed."""
+        return self._resumed_at
+
+    def _resume_from_server(self, prefix_crc: Callable[[int], int]) -> None:
+        self._resumed_at = 0
+        attempt: Attempt | None = None
+        while True:
+            answer = self._send(status_request(self._session_url))
+            if answer is None:
+                attempt = self._wait(attempt, "connection failed")
+                continue
+            verdict = classify_status(answer.status)
+            if verdict is Verdict.RETRY:
+                attempt = self._wait(attempt, f"HTTP {answer.status}")
+                continue
+            if verdict not in (Verdict.OK, Verdict.INCOMPLETE):
+                self._fail_for(verdict, answer)
+            try:
+                outcome = parse_upload_answer(answer.status, answer.headers, answer.body)
+            except ValueError as exc:
+                self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
+            if isinstance(outcome, Finalized):
+                self._result = outcome  # finalized before the crash: nothing left to send
+                self._resumed_at = outcome.size
+                return
+            self._buffer.start_at(outcome.offset, prefix_crc(outcome.offset))
+            self._resumed_at = outcome.offset
+            return
 
     def _active(self) -> bool:
         """Open, healthy and not yet finalized: the only state in which to send."""
@@ -204,6 +243,15 @@ class GCSObjectStream(io.BufferedIOBase):
             finally:
                 self._failure = self._failure or errors.SessionLostError(
                     "upload aborted", bucket=self.bucket, name=self.name
+                )
+                super().close()
+
+    def _detach(self) -> None:
+        """Close without finalizing or cancelling: the session stays resumable (spool)."""
+        with self._lock:
+            if not self.closed:
+                self._failure = self._failure or errors.SessionLostError(
+                    "detached", bucket=self.bucket, name=self.name
                 )
                 super().close()
 

@@ -385,3 +385,22 @@ def test_fork_parent_and_child_both_ship_nothing_doubled(
     )
     assert sorted(expected) == sorted(lines)
     assert [f"child {i}" for i in range(1000)] == [x for x in lines if x.startswith("child")]
+
+
+def test_a_handler_whose_construction_failed_does_not_break_shutdown() -> None:
+    """A bad option raises at construction; logging.shutdown() later flushes nothing, quietly."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from gcs_log_sink import GCSHandler\n"
+            "try:\n    GCSHandler('ok-bucket', queue_size=0)\nexcept ValueError as e:\n"
+            "    keep = e\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == result.returncode
+    assert "" == result.stderr
