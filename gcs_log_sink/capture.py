@@ -86,6 +86,7 @@ class OutputShipper:
         part_bytes: int = 64 * 1024 * 1024,
         chunk_size: int = 8 * 1024 * 1024,
         timestamps: bool = False,
+        spool_dir: str | None = None,
     ) -> None:
         self.url = url
         self._client = client
@@ -111,6 +112,7 @@ class OutputShipper:
             client=client,
             stream="build",
             on_finalize=self._part_finalized,
+            spool_dir=spool_dir,
         )
 
     @property

@@ -51,6 +51,7 @@ def _shipper(args: argparse.Namespace, client: Any) -> Any:
         part_seconds=args.part_seconds,
         part_bytes=args.part_bytes,
         timestamps=args.timestamps,
+        spool_dir=args.spool_dir,
     )
     if not args.no_compose:
         shipper.check_target()
@@ -128,6 +129,27 @@ def _cat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recover(args: argparse.Namespace) -> int:
+    from .recovery import recover_all
+
+    problems: list[str] = []
+
+    def report(kind: str, message: str) -> None:
+        problems.append(message)
+        print(f"gcs-log-sink: {message}", file=sys.stderr)
+
+    if not os.path.isdir(args.spool_dir):
+        raise CLIError(f"{args.spool_dir}: no such spool directory", EXIT_USAGE)
+    shipped = recover_all(
+        args.spool_dir,
+        client=_client(),
+        report=report,
+        options={"timeout": 60.0, "retry_deadline": 300.0},
+    )
+    print(f"gcs-log-sink: recovered {shipped} records from {args.spool_dir}", file=sys.stderr)
+    return EXIT_FAILURE if problems else 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
         from ._localgcs import LocalGCS
@@ -191,6 +213,11 @@ def _capture_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--keep-parts", action="store_true", help="keep the parts after composing build.log"
+    )
+    parser.add_argument(
+        "--spool-dir",
+        help="keep output on disk here until GCS has it: survives a crash of this command "
+        "(ship leftovers with 'gcs-log-sink recover')",
     )
 
 
@@ -257,6 +284,19 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=1.0, help="seconds between polls (%(default)s)"
     )
     cat.set_defaults(handler=_cat)
+
+    recover = commands.add_parser(
+        "recover",
+        help="ship what a dead process left in a spool directory",
+        formatter_class=formatter,
+        description="Resume the uploads a crashed or killed process left in SPOOL_DIR (its "
+        "spool_dir or --spool-dir): each session continues where GCS stands, is finalized and "
+        "checked, and the spooled data is deleted. Spools of live processes are left alone. "
+        "Exits 1 if anything could not be shipped intact.",
+        epilog="example (a CI job's cleanup step):\n  gcs-log-sink recover /var/spool/build-logs",
+    )
+    recover.add_argument("spool_dir", metavar="SPOOL_DIR")
+    recover.set_defaults(handler=_recover)
 
     demo = commands.add_parser(
         "demo",

@@ -248,6 +248,9 @@ class GCSHandler(logging.Handler):
         _live_handlers.add(self)
         _install_process_hooks()
         self._constructed = True
+        if self._spool is not None:
+            # Ship what a dead process left in the spool now, not at the first record.
+            self._start_worker()
 
     # -- state that a forked child must not share with its parent ------------------------
 
@@ -285,9 +288,9 @@ class GCSHandler(logging.Handler):
                 self._spool.release()  # our copy of the parent's lock; the parent keeps it
                 stream = f"{stream}.{os.getpid()}"
             self._spool = Spool(self._spool_root, stream)
-        self._to_upload: collections.deque[Segment] = collections.deque(
-            self._spool.segments() if self._spool is not None else ()
-        )
+        # Segments on disk before this process wrote any: a dead process's, complete.
+        self._leftovers = self._spool.segments() if self._spool is not None else []
+        self._to_upload: collections.deque[Segment] = collections.deque()
         self._spool_changed = threading.Condition()
         self._spooling_done = False
         self._uploader: threading.Thread | None = None
@@ -440,12 +443,13 @@ class GCSHandler(logging.Handler):
             uploader.join(max(0.0, deadline - time.monotonic()))
             if uploader.is_alive():
                 self._cancel.set()
-                left = self._spooled_records - self._shipped_records
                 assert self._spool is not None
+                left = len(self._spool.segments())
                 self._report(
                     "close-timeout",
-                    f"{left} records wait in the spool {self._spool.directory}; they are "
-                    "shipped at the next start or by 'gcs-log-sink recover'",
+                    f"{left} objects' worth of records wait in the spool "
+                    f"{self._spool.directory}; they are shipped at the next start or by "
+                    "'gcs-log-sink recover'",
                 )
         if self._spool is not None and (uploader is None or not uploader.is_alive()):
             self._spool.release()
@@ -740,11 +744,11 @@ class GCSHandler(logging.Handler):
                 self._client = default_client()
             assert self._spool_root is not None
             with dead_spools(self._spool_root) as spools:
-                for _, segments in spools:
-                    for segment in segments:
-                        if self._cancel.is_set():
-                            return
-                        self._ship(segment, options, wait=False)
+                dead = [segment for _, segments in spools for segment in segments]
+                for segment in [*self._leftovers, *dead]:
+                    if self._cancel.is_set():
+                        return
+                    self._ship(segment, options, wait=False)
             while not self._cancel.is_set():
                 with self._spool_changed:
                     while not self._to_upload and not self._spooling_done:

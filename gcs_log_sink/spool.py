@@ -223,8 +223,13 @@ def _lock(directory: str) -> int | None:
 
 
 def _segments(directory: str) -> list[Segment]:
+    """The segments in a directory this process has locked (stale temp files removed)."""
     found = []
     for entry in sorted(os.listdir(directory)):
+        if entry.endswith(".tmp"):  # a state write cut short by a crash; the old one stands
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, entry))
+            continue
         if not entry.endswith(".json") or not entry[:-5].isdigit():
             continue
         path = os.path.join(directory, entry)

@@ -40,6 +40,7 @@ __all__ = [
     "FaultProxy",
     "ProxiedRequest",
     "is_chunk_upload",
+    "is_final_request",
     "is_initiate",
     "is_session_request",
     "is_status_query",
@@ -59,6 +60,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "partial",  # forward part of a non-final chunk, relay the 308 with the shorter Range
     "partial_reset",  # forward part of a non-final chunk, then TCP RST
     "stall",  # hold the request for stall_seconds without forwarding, then TCP RST
+    "stall_after",  # forward, then hold the answer for stall_seconds, then TCP RST
 )
 
 # Besides FAULT_KINDS, "NNN_before" answers any status NNN without forwarding (a 403, a 404
@@ -113,6 +115,12 @@ def is_status_query(req: ProxiedRequest) -> bool:
 def is_session_request(req: ProxiedRequest) -> bool:
     """Any PUT or DELETE on a session URL (chunks, status queries, finalize, cancel)."""
     return req.method in ("PUT", "DELETE") and "upload_id" in parse_qs(req.query)
+
+
+def is_final_request(req: ProxiedRequest) -> bool:
+    """A PUT that finalizes: its Content-Range names the total (``bytes a-b/N``, ``*/N``)."""
+    content_range = (req.header("Content-Range") or "").strip()
+    return req.method == "PUT" and bool(re.fullmatch(r"bytes (\d+-\d+|\*)/\d+", content_range))
 
 
 def is_initiate(req: ProxiedRequest) -> bool:
@@ -248,6 +256,8 @@ class FaultProxy:
         self._script_match: Callable[[ProxiedRequest], bool] | None = None
         self._down = False
         self._stopping = threading.Event()
+        # Set when a stall begins: a test can act (kill a client) while the request hangs.
+        self.faulting = threading.Event()
         self._clients: set[socket.socket] = set()
         self._upstreams: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
@@ -428,6 +438,7 @@ class FaultProxy:
         if kind is not None and _STATUS_BEFORE.fullmatch(kind):
             answer = _error_answer(int(kind[:3]))
         elif kind == "stall":
+            self.faulting.set()
             self._stopping.wait(self.stall_seconds)
         elif kind != "reset_before":
             forwarded = req
@@ -448,7 +459,10 @@ class FaultProxy:
                 answer = _error_answer(502)
             elif kind == "503_after":
                 answer = _error_answer(503)
-            elif kind not in ("reset_after", "partial_reset"):
+            elif kind == "stall_after":
+                self.faulting.set()  # the server has it; the client waits for an answer
+                self._stopping.wait(self.stall_seconds)
+            elif kind not in ("reset_after", "partial_reset", "stall_after"):
                 answer = upstream
         event = Event(req.method, req.path, req.header("Content-Range"), kind, status)
         with self._lock:
