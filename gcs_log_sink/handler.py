@@ -267,6 +267,7 @@ class GCSHandler(logging.Handler):
         self._in_flight = 0  # records the worker took but has not written yet
         self._dropped = 0
         self._dropped_reported = 0
+        self._drop_reason = "queue full"
         self._flush_requests: list[_FlushRequest] = []
         self._wake = threading.Event()
         self._urgent = threading.Event()  # someone waits on the worker: no lingering
@@ -508,6 +509,9 @@ class GCSHandler(logging.Handler):
                 current = self._current
                 if current is not None and self._policy.window_start(now) != current.window:
                     self._finish_current()  # the window ended: make it readable now
+                if self._stopping and self._dropped != self._dropped_reported:
+                    self._note_drops()  # the last word in the stream: what was dropped
+                    continue
                 if self._stopping:
                     self._finish_current()
                     self._serve_flush_requests()
@@ -645,13 +649,14 @@ class GCSHandler(logging.Handler):
         self._dropped_reported = dropped
         record = logging.LogRecord(
             "gcs_log_sink", logging.WARNING, __file__, 0,
-            "gcs_log_sink dropped %d records (queue full)", (count,), None,
+            "gcs_log_sink dropped %d records (%s)", (count, self._drop_reason), None,
         )  # fmt: skip
         try:
             line = self.format(record)
         except Exception:
             line = record.getMessage()
-        self._report("dropped", f"queue full: dropping records (overflow={self._overflow!r})")
+        if self._drop_reason == "queue full":
+            self._report("dropped", f"queue full: dropping records (overflow={self._overflow!r})")
         with self._queue_lock:
             self._items.appendleft(
                 (self._clock(), (line + "\n").encode("utf-8", "backslashreplace"))
@@ -731,6 +736,7 @@ class GCSHandler(logging.Handler):
                 self._to_upload = collections.deque(s for s in self._to_upload if s.id != old.id)
             old.remove()
             self._dropped += records
+            self._drop_reason = "spool full"
             self._spooled_records -= records
             self._report("spool-full", "spool past max_spool_bytes: dropped the oldest records")
 

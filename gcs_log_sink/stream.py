@@ -35,6 +35,7 @@ from ._protocol import (
 from ._retry import Attempt, RetryPolicy, Verdict, classify_status
 from ._transport import Answer, CredentialsError, Transport, TransportError, user_agent
 from .naming import validate_bucket_name, validate_object_name
+from .spool import Segment, Spool
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "GCSObjectStream"]
 
@@ -112,6 +113,7 @@ class GCSObjectStream(io.BufferedIOBase):
         retry_deadline: float = 120.0,
         _cancel: threading.Event | None = None,
         _rng: random.Random | None = None,
+        spool_dir: str | None = None,
         _resume: tuple[str, Callable[[int], int]] | None = None,
     ) -> None:
         super().__init__()
@@ -123,6 +125,8 @@ class GCSObjectStream(io.BufferedIOBase):
         self._result: Finalized | None = None
         self._buffer = ChunkBuffer()
         self._resumed_at = 0
+        self._spool: Spool | None = None
+        self._segment: Segment | None = None
         if not isinstance(bucket, str) and hasattr(bucket, "name"):
             client = client if client is not None else getattr(bucket, "client", None)
             bucket = bucket.name
@@ -146,8 +150,21 @@ class GCSObjectStream(io.BufferedIOBase):
         self._rng = _rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._client = client if client is not None else default_client()
         self._transport = Transport.for_client(self._client, timeout)
+        if spool_dir is not None:
+            # Locked before any request: a second writer on this spool fails here, at once.
+            self._spool = Spool(spool_dir, f"object-{self.name}")
         if _resume is None:
-            self._session_url = self._initiate(content_type, if_generation_match)
+            try:
+                self._session_url = self._initiate(content_type, if_generation_match)
+            except BaseException:
+                if self._spool is not None:
+                    self._spool.release()
+                raise
+            if self._spool is not None:
+                # The session URL on disk before the first byte: a crash is resumable.
+                self._segment = self._spool.create(self.bucket, self.name)
+                self._segment.state["session_url"] = self._session_url
+                self._segment.save()
         else:
             # A session a dead process opened (the spool kept its URL): ask GCS where it
             # stands; the caller then writes the bytes from ``resumed_at`` on.
@@ -204,7 +221,10 @@ class GCSObjectStream(io.BufferedIOBase):
         view = memoryview(data)
         with self._lock:
             self._check_open()
-            self._buffer.append(data if type(data) is bytes else view.cast("B"))
+            block = data if type(data) is bytes else bytes(view.cast("B"))
+            if self._segment is not None:
+                self._segment.write(block, 0)
+            self._buffer.append(block)
             if self._buffer.pending >= self._chunk_size:
                 self._upload(final=False, drain=False)
         return view.nbytes
@@ -216,6 +236,8 @@ class GCSObjectStream(io.BufferedIOBase):
         ``close()``: GCS accepts nothing smaller before the end of an upload.
         """
         with self._lock:
+            if self._active() and self._segment is not None:
+                self._segment.sync()  # with a spool, flushed bytes survive a crash
             if self._active() and self._buffer.pending >= UPLOAD_UNIT:
                 self._upload(final=False, drain=True)
 
@@ -227,7 +249,11 @@ class GCSObjectStream(io.BufferedIOBase):
             try:
                 if self._active():
                     self._upload(final=True, drain=True)
+                    if self._segment is not None:
+                        self._segment.remove()  # GCS has it all, verified
             finally:
+                if self._spool is not None:
+                    self._spool.release()  # what is left is for 'gcs-log-sink recover'
                 super().close()
 
     def abort(self) -> None:
@@ -244,6 +270,10 @@ class GCSObjectStream(io.BufferedIOBase):
                 self._failure = self._failure or errors.SessionLostError(
                     "upload aborted", bucket=self.bucket, name=self.name
                 )
+                if self._segment is not None:
+                    self._segment.remove()
+                if self._spool is not None:
+                    self._spool.release()
                 super().close()
 
     def _detach(self) -> None:

@@ -252,3 +252,93 @@ def test_spool_files_are_private(client: Any, bucket: str, tmp_path: Path) -> No
     assert {"s": 0o700, "log": 0o700} == dirs
     assert {"lock", "0000000001.seg", "0000000001.json"} <= set(files)
     assert {0o600} == set(files.values())
+
+
+STREAM_CHILD = """
+    import os, sys
+    from gcs_log_sink import GCSObjectStream
+    out = GCSObjectStream(sys.argv[1], "streamed.bin", spool_dir=sys.argv[2],
+                          chunk_size=256 * 1024)
+    for i in range(40):
+        out.write(bytes([i]) * 30_000)
+        if i == 29:
+            out.flush()
+            print("flushed", flush=True)
+    import time
+    time.sleep(3600)
+    """
+
+
+def test_a_killed_stream_with_a_spool_is_recovered_by_the_command(
+    gcs: LocalGCS, client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """GCSObjectStream(spool_dir) killed mid-object: 'recover' finalizes it, flushed bytes in."""
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "test"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(STREAM_CHILD), bucket, str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert "flushed\n" == child.stdout.readline()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert not client.bucket(bucket).blob("streamed.bin").exists()  # never finalized
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gcs_log_sink", "recover", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    data = client.bucket(bucket).blob("streamed.bin").download_as_bytes()
+    written = b"".join(bytes([i]) * 30_000 for i in range(40))
+    assert written[: 30 * 30_000] == data[: 30 * 30_000]  # everything flushed
+    assert written.startswith(data)  # and nothing but what was written
+    assert [] == spooled_files(tmp_path)
+
+
+def test_a_full_spool_drops_the_oldest_and_says_so(
+    gcs: LocalGCS, client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """GCS away and max_spool_bytes reached: oldest segments go, counted and noted in the log."""
+    with FaultProxy(gcs.url) as proxy:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        proxied = storage.Client(
+            project="test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": proxy.url},
+        )
+        proxy.go_down()
+        handler = GCSHandler(
+            bucket,
+            client=proxied,
+            spool_dir=str(tmp_path),
+            max_bytes=20_000,
+            max_spool_bytes=200_000,
+            timeout=1.0,
+            close_timeout=60,
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        for i in range(10_000):
+            handler.emit(logging.makeLogRecord({"msg": f"rec {i:06d} {'r' * 60}"}))
+        handler.flush()
+        proxy.come_up()
+        handler.close()
+    dropped = handler.dropped
+    assert dropped > 0
+    shipped = numbers(client, bucket)
+    assert 10_000 == len(shipped) + dropped
+    assert shipped == sorted(set(shipped))
+    text = "".join(
+        client.bucket(bucket).blob(b.name).download_as_text() for b in client.list_blobs(bucket)
+    )
+    noted = sum(int(n) for n in re.findall(r"gcs_log_sink dropped (\d+) records", text))
+    assert dropped == noted
