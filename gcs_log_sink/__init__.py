@@ -22,6 +22,7 @@ from .errors import (
 )
 from .formatters import JSONFormatter
 from .handler import GCSHandler
+from .spool import SpoolLockedError
 from .stream import GCSObjectStream
 
 try:
@@ -42,6 +43,7 @@ __all__ = [
     "PreconditionFailedError",
     "RetryDeadlineExceededError",
     "SessionLostError",
+    "SpoolLockedError",
     "UploadError",
     "__version__",
 ]

@@ -97,6 +97,10 @@ class GCSObjectStream(io.BufferedIOBase):
 
     After ``close()``: :attr:`generation`, :attr:`size` and :attr:`crc32c` (base64, as
     GCS reports it) describe the object.
+
+    With ``spool_dir``, every byte is also appended to a spool segment (and ``flush()``
+    fsyncs it) with the session URL beside it, so a crashed writer's object can be finished
+    by ``gcs-log-sink recover``; the segment is deleted once the object is verified.
     """
 
     def __init__(
