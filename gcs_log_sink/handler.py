@@ -558,26 +558,18 @@ class GCSHandler(logging.Handler):
     def _write_batch(self, batch: _Batch) -> None:
         """Write records in order, rolling between them where the policy says."""
         self._note_drops()
+        pending = _Joiner(self._write_parts)
         current = self._current
         if current is not None and self._fits(current, batch):
             # The common case: the whole batch belongs in the open object. No per-record
             # rotation checks, just writes of up to _WRITE_BYTES at a time.
-            parts: list[bytes] = []
-            parts_size = 0
             for _, data in batch.records:
-                parts.append(data)
-                parts_size += len(data)
-                if parts_size >= _WRITE_BYTES:
-                    self._write_parts(parts, parts_size)
-                    parts, parts_size = [], 0
-            self._write_parts(parts, parts_size)
+                pending.add(data)
+            pending.drain()
             return
-        parts = []
-        parts_size = 0
         for created, data in batch.records:
             if created < 0:  # rotate() marker
-                self._write_parts(parts, parts_size)
-                parts, parts_size = [], 0
+                pending.drain()
                 self._written += 1
                 self._in_flight -= 1
                 self._finish_current()
@@ -589,22 +581,17 @@ class GCSHandler(logging.Handler):
             if current is not None:
                 roll = self._policy.roll(
                     window=current.window,
-                    size=current.size + parts_size,
+                    size=current.size + pending.size,
                     now=created,
                     incoming=len(data),
                 )
                 if roll is not None:
-                    self._write_parts(parts, parts_size)
-                    parts, parts_size = [], 0
+                    pending.drain()
                     self._finish_current()
             if self._current is None:
                 self._open(created)
-            parts.append(data)
-            parts_size += len(data)
-            if parts_size >= _WRITE_BYTES:
-                self._write_parts(parts, parts_size)
-                parts, parts_size = [], 0
-        self._write_parts(parts, parts_size)
+            pending.add(data)
+        pending.drain()
 
     def _fits(self, current: _OpenObject, batch: _Batch) -> bool:
         """Whether every record of ``batch`` goes into ``current`` (no roll on the way)."""
@@ -859,6 +846,26 @@ class GCSHandler(logging.Handler):
             sys.stderr.flush()
         except Exception:  # noqa: S110 - stderr itself is gone: nothing left to tell
             pass
+
+
+class _Joiner:
+    """Records gathered into writes of about ``_WRITE_BYTES``: few calls, bounded copies."""
+
+    def __init__(self, write: Callable[[list[bytes], int], None]) -> None:
+        self._write = write
+        self._parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self._parts.append(data)
+        self.size += len(data)
+        if self.size >= _WRITE_BYTES:
+            self.drain()
+
+    def drain(self) -> None:
+        parts, size = self._parts, self.size
+        self._parts, self.size = [], 0
+        self._write(parts, size)
 
 
 class _Refused(Exception):

@@ -7,8 +7,10 @@ by PID at the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +18,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # test helpers: faultproxy
+
+from faultproxy import FaultProxy
+from helpers import client_for
 
 from gcs_log_sink._localgcs import LocalGCS
 
@@ -39,3 +44,28 @@ def bucket(client: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:16]}"
     client.create_bucket(name)
     return name
+
+
+@pytest.fixture
+def proxy(gcs: LocalGCS) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's server, faulting nothing until told."""
+    with FaultProxy(gcs.url, seed=1234, stall_seconds=2.0) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def proxied(proxy: FaultProxy) -> Any:
+    """A storage client whose requests all go through the proxy."""
+    return client_for(proxy.url)
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    """A private logger that does not propagate; its handlers are closed afterwards."""
+    log = logging.getLogger(f"test.{time.monotonic_ns()}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    yield log
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()

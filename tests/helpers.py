@@ -28,3 +28,15 @@ def random_writes(data: bytes, rng: random.Random, max_write: int) -> list[bytes
         pieces.append(data[offset : offset + step])
         offset += step
     return pieces
+
+
+def client_for(endpoint: str) -> Any:
+    """A storage client with anonymous credentials talking to ``endpoint``."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": endpoint},
+    )

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,18 +30,6 @@ def read_all(client: Any, bucket: str) -> dict[str, bytes]:
 def lines_of(objects: dict[str, bytes]) -> list[str]:
     """All records, in object-name order, as text lines."""
     return [line for name in sorted(objects) for line in objects[name].decode("utf-8").splitlines()]
-
-
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    """A private logger that does not propagate to the root's handlers."""
-    log = logging.getLogger(f"test.{time.monotonic_ns()}")
-    log.propagate = False
-    log.setLevel(logging.DEBUG)
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
 
 
 class FakeClock:

@@ -8,46 +8,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, is_chunk_upload
 
 from gcs_log_sink import GCSHandler
-from gcs_log_sink._localgcs import LocalGCS
-
-
-@pytest.fixture
-def proxy(gcs: LocalGCS) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the session's server."""
-    with FaultProxy(gcs.url, seed=99, stall_seconds=2.0) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def proxied(proxy: FaultProxy) -> Any:
-    """A storage client whose requests all go through the proxy."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": proxy.url},
-    )
-
-
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    """A private logger that does not propagate to the root's handlers."""
-    log = logging.getLogger(f"faults.{time.monotonic_ns()}")
-    log.propagate = False
-    log.setLevel(logging.INFO)
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
 
 
 def shipped_lines(client: Any, bucket: str) -> list[str]:

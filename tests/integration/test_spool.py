@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from faultproxy import FaultProxy, is_chunk_upload, is_final_request
+from helpers import client_for
 
 from gcs_log_sink import GCSHandler
 from gcs_log_sink._localgcs import LocalGCS
@@ -143,14 +144,7 @@ def test_gcs_down_for_the_middle_third_loses_nothing_and_memory_stays_flat(
 ) -> None:
     """60 s of steady logging, GCS away from 20 s to 40 s: all shipped after, RSS flat."""
     with FaultProxy(gcs.url) as proxy:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        proxied = storage.Client(
-            project="test",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": proxy.url},
-        )
+        proxied = client_for(proxy.url)
         handler = GCSHandler(
             bucket,
             client=proxied,
@@ -308,14 +302,7 @@ def test_a_full_spool_drops_the_oldest_and_says_so(
 ) -> None:
     """GCS away and max_spool_bytes reached: oldest segments go, counted and noted in the log."""
     with FaultProxy(gcs.url) as proxy:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        proxied = storage.Client(
-            project="test",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": proxy.url},
-        )
+        proxied = client_for(proxy.url)
         proxy.go_down()
         handler = GCSHandler(
             bucket,

@@ -10,7 +10,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,32 +23,11 @@ from gcs_log_sink import (
     SessionLostError,
     UploadError,
 )
-from gcs_log_sink._localgcs import LocalGCS
 
 UNIT = 256 * 1024
 CHUNK = 4 * UNIT
 # Client timeout under the proxy's stall, so a stall is met as a timeout.
 FAST = {"timeout": 1.0, "retry_deadline": 60.0}
-
-
-@pytest.fixture
-def proxy(gcs: LocalGCS) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the session's server, faulting nothing until told."""
-    with FaultProxy(gcs.url, seed=1234, stall_seconds=2.0) as fault_proxy:
-        yield fault_proxy
-
-
-@pytest.fixture
-def proxied(proxy: FaultProxy) -> Any:
-    """A storage client whose requests all go through the proxy."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": proxy.url},
-    )
 
 
 def _with_fast_retries(stream: GCSObjectStream) -> GCSObjectStream:
