@@ -72,6 +72,7 @@ LABELS = {
     "simplequeue": "QueueHandler(SimpleQ)",
     "file": "FileHandler",
     "gcs": "GCSHandler",
+    "gcs-spool": "GCSHandler(spool_dir)",
 }
 KINDS = tuple(LABELS)
 QUEUE_KINDS = ("queue", "simplequeue")
@@ -121,7 +122,10 @@ def make_target(kind: str, port: int, workdir: str, tag: str) -> Target:
 
         return Target(handler, handler.close, verify_file)
     client = LocalGCS(port=port).client()  # a client for the server the parent started
-    gcs = GCSHandler(BUCKET, prefix=f"{tag}/", client=client, chunk_size=CHUNK_SIZE)
+    spool_dir = str(Path(workdir) / f"spool-{tag}") if kind == "gcs-spool" else None
+    gcs = GCSHandler(
+        BUCKET, prefix=f"{tag}/", client=client, chunk_size=CHUNK_SIZE, spool_dir=spool_dir
+    )
     gcs.setFormatter(formatter)
 
     def verify_gcs(count: int) -> None:
@@ -244,9 +248,14 @@ def report(
     else:
         print(f"  3x/1x peak ratio {scaled['rss_mib'] / max(e2e['gcs']['rss_mib'], 0.1):.2f}")
     cost_ratio, rate_ratio = us["gcs"] / floor, e2e["gcs"]["rate"] / file_rate
+    spool_ratio = e2e["gcs-spool"]["rate"] / e2e["gcs"]["rate"]
     targets = [
         (f"GCSHandler us/call <= 1.3x the floor ({cost_ratio:.2f}x)", cost_ratio <= 1.3),
         (f"GCSHandler records/s >= 0.7x FileHandler ({rate_ratio:.2f}x)", rate_ratio >= 0.7),
+        (
+            f"GCSHandler(spool_dir) records/s >= 0.7x GCSHandler ({spool_ratio:.2f}x)",
+            spool_ratio >= 0.7,
+        ),
     ] + [
         (f"GCSHandler RSS growth, {n:,} records <= {RSS_BOUND_MIB:.0f} MiB", mib <= RSS_BOUND_MIB)
         for n, mib in peaks
