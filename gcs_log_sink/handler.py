@@ -275,7 +275,8 @@ class GCSHandler(logging.Handler):
         self._stopping = False
         self._cancel = threading.Event()
         self._worker: threading.Thread | None = None
-        self._worker_ident: int | None = None
+        # The shipping and upload threads: records they cause (urllib3, google-auth) are dropped.
+        self._own_threads: set[int] = set()
         self._start_lock = threading.Lock()
         self._current: _OpenObject | None = None
         self._seq = 0
@@ -304,7 +305,7 @@ class GCSHandler(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool:
         # Records the worker itself causes (urllib3, google-auth) are dropped before
         # self.lock: taking it here could deadlock close() under logging.shutdown.
-        if threading.get_ident() == self._worker_ident:
+        if threading.get_ident() in self._own_threads:
             return False
         return super().handle(record)
 
@@ -324,7 +325,7 @@ class GCSHandler(logging.Handler):
 
         Like ``emit()``: never raises, never does I/O, blocks at most ``block_timeout``.
         """
-        if threading.get_ident() == self._worker_ident:
+        if threading.get_ident() in self._own_threads:
             return
         try:
             self._enqueue(self._clock(), line)
@@ -383,7 +384,7 @@ class GCSHandler(logging.Handler):
             not self._constructed
             or self._closed
             or self._worker is None
-            or threading.get_ident() == self._worker_ident
+            or threading.get_ident() in self._own_threads
         ):
             return
         with self._queue_lock:
@@ -483,7 +484,7 @@ class GCSHandler(logging.Handler):
                 self._uploader.start()
 
     def _run(self) -> None:
-        self._worker_ident = threading.get_ident()
+        self._own_threads.add(threading.get_ident())
         try:
             while True:
                 self._wake.clear()
@@ -729,6 +730,7 @@ class GCSHandler(logging.Handler):
 
     def _upload_run(self) -> None:
         """Ship spooled segments, oldest first: a dead process's, then this one's."""
+        self._own_threads.add(threading.get_ident())
         options = {**self._stream_options, "_cancel": self._cancel}
         try:
             if self._client is None:
@@ -772,7 +774,11 @@ class GCSHandler(logging.Handler):
                     report=self._report,
                     wait_for_more=wait_for_more if wait else None,
                 )
-            except errors.UploadError as exc:
+            except errors.IntegrityError as exc:
+                # Retrying cannot change what GCS holds: keep the segment, report, go on.
+                self._report("IntegrityError", f"a spooled object does not verify: {exc}")
+                return
+            except (errors.UploadError, OSError) as exc:
                 if self._cancel.is_set():
                     return
                 self._report(type(exc).__name__, f"an upload from the spool failed: {exc}")

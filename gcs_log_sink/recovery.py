@@ -107,6 +107,10 @@ def ship_segment(
             stream._detach()  # neither finalize a partial segment nor cancel its session
             return 0
     stream.close()
+    if stream.resumed_at and not size and stream.size == stream.resumed_at:
+        # Finalized before the crash, and its data already deleted: only the state was left.
+        segment.remove()
+        return 0
     if stream.size != size or stream.crc32c != crc32c_base64(crc):
         raise errors.IntegrityError(
             f"object holds {stream.size} bytes (CRC32C {stream.crc32c}); the spool "

@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,8 @@ class Frame:
 
 def _write_private(path: str, data: bytes) -> None:
     """Replace ``path`` atomically with ``data``, readable by its owner only."""
-    tmp = f"{path}.tmp"
+    # Unique per thread: the writer (sealing) and the uploader (saving the URL) may both save.
+    tmp = f"{path}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
@@ -79,6 +81,7 @@ class Segment:
         self.data_path = os.path.join(directory, f"{segment_id:010d}.seg")
         self.state_path = os.path.join(directory, f"{segment_id:010d}.json")
         self._fd: int | None = None
+        self._save_lock = threading.Lock()
 
     @property
     def bucket(self) -> str:
@@ -98,7 +101,8 @@ class Segment:
         return bool(self.state.get("sealed"))
 
     def save(self) -> None:
-        _write_private(self.state_path, json.dumps(self.state).encode())
+        with self._save_lock:
+            _write_private(self.state_path, json.dumps(self.state).encode())
 
     def write(self, payload: bytes, records: int) -> None:
         """Append one frame (page cache; :meth:`sync` makes it durable)."""
@@ -166,7 +170,9 @@ class Segment:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        for path in (self.data_path, self.state_path):
+        # The state goes first: a crash between the two leaves an orphan data file, which
+        # _segments() deletes, never a state without its data (a finished object's ghost).
+        for path in (self.state_path, self.data_path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
 
@@ -225,7 +231,13 @@ def _lock(directory: str) -> int | None:
 def _segments(directory: str) -> list[Segment]:
     """The segments in a directory this process has locked (stale temp files removed)."""
     found = []
-    for entry in sorted(os.listdir(directory)):
+    entries = sorted(os.listdir(directory))
+    for entry in entries:
+        if entry.endswith(".seg") and f"{entry[:-4]}.json" not in entries:
+            # Data whose state was removed: its object was finalized and verified.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, entry))
+            continue
         if entry.endswith(".tmp"):  # a state write cut short by a crash; the old one stands
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, entry))

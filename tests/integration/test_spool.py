@@ -329,3 +329,27 @@ def test_a_full_spool_drops_the_oldest_and_says_so(
     )
     noted = sum(int(n) for n in re.findall(r"gcs_log_sink dropped (\d+) records", text))
     assert dropped == noted
+
+
+def test_the_upload_threads_own_logs_are_not_spooled(
+    client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Root at DEBUG with a spooling handler: urllib3 lines from its threads never loop back."""
+    root = logging.getLogger()
+    handler = GCSHandler(bucket, client=client, spool_dir=str(tmp_path))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        for i in range(10):
+            logging.getLogger("app").debug("rec %06d %s", i, "r" * 60)
+        handler.close()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert list(range(10)) == numbers(client, bucket)
+    text = "".join(
+        client.bucket(bucket).blob(b.name).download_as_text() for b in client.list_blobs(bucket)
+    )
+    assert "HTTP/1.1" not in text, text[:2000]
