@@ -42,7 +42,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-__all__ = ["LocalGCS", "free_port"]
+__all__ = ["LocalGCS", "anonymous_client", "emulator_env", "free_port"]
 
 _UPLOAD_UNIT = 256 * 1024
 
@@ -52,6 +52,23 @@ def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def anonymous_client(endpoint: str) -> Any:
+    """A ``google.cloud.storage.Client`` with anonymous credentials, talking to ``endpoint``."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": endpoint},
+    )
+
+
+def emulator_env(endpoint: str) -> dict[str, str]:
+    """This process's environment, with google-cloud-storage pointed at ``endpoint``."""
+    return {**os.environ, "STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "test"}
 
 
 class LocalGCS:
@@ -108,14 +125,7 @@ class LocalGCS:
 
     def client(self) -> Any:
         """A ``google.cloud.storage.Client`` with anonymous credentials, pointed here."""
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        return storage.Client(
-            project="test",
-            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            client_options={"api_endpoint": self.url},
-        )
+        return anonymous_client(self.url)
 
     def __enter__(self) -> LocalGCS:
         return self.start()

@@ -8,6 +8,11 @@ from typing import Any
 
 import google_crc32c
 
+from gcs_log_sink._localgcs import anonymous_client as client_for
+from gcs_log_sink._localgcs import emulator_env
+
+__all__ = ["client_for", "crc32c_b64", "emulator_env", "random_writes", "read_object"]
+
 
 def read_object(client: Any, bucket: str, name: str) -> bytes:
     """The bytes of gs://bucket/name as the server holds them."""
@@ -28,15 +33,3 @@ def random_writes(data: bytes, rng: random.Random, max_write: int) -> list[bytes
         pieces.append(data[offset : offset + step])
         offset += step
     return pieces
-
-
-def client_for(endpoint: str) -> Any:
-    """A storage client with anonymous credentials talking to ``endpoint``."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    return storage.Client(
-        project="test",
-        credentials=AnonymousCredentials(),
-        client_options={"api_endpoint": endpoint},
-    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import read_object
+from helpers import emulator_env, read_object
 
 from gcs_log_sink._localgcs import LocalGCS
 
@@ -24,7 +23,7 @@ CLI = [sys.executable, "-m", "gcs_log_sink"]
 @pytest.fixture
 def env(gcs: LocalGCS) -> dict[str, str]:
     """The environment a CI job would give the command, pointed at the local server."""
-    return {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "test"}
+    return emulator_env(gcs.url)
 
 
 def cli(env: dict[str, str], *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import logging
 import logging.config
-import os
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import emulator_env
 
 from gcs_log_sink import ConfigurationError, GCSHandler
 from gcs_log_sink._localgcs import LocalGCS
@@ -306,7 +306,7 @@ def test_dictconfig_with_a_wrong_key_names_it() -> None:
 
 
 def _run_child(gcs: LocalGCS, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "test"}
+    env = emulator_env(gcs.url)
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,

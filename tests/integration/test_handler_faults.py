@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, is_chunk_upload
+from helpers import emulator_env
 
 from gcs_log_sink import GCSHandler
 
@@ -133,7 +133,7 @@ def test_a_process_whose_gcs_is_gone_exits_in_time_and_says_what_it_lost(
             logging.info("lost %d", i)
         print("logged", flush=True)
         """
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": proxy.url, "GOOGLE_CLOUD_PROJECT": "test"}
+    env = emulator_env(proxy.url)
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=env,

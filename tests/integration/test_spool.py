@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import signal
@@ -16,8 +15,8 @@ from typing import Any
 
 import psutil
 import pytest
-from faultproxy import FaultProxy, is_chunk_upload, is_final_request
-from helpers import client_for
+from faultproxy import FaultProxy, is_chunk_upload, is_final_request, is_status_query
+from helpers import client_for, emulator_env
 
 from gcs_log_sink import GCSHandler
 from gcs_log_sink._localgcs import LocalGCS
@@ -57,7 +56,7 @@ def start_child(
     endpoint: str, bucket: str, spool: Path, count: int, max_bytes: int = 1 << 20
 ) -> subprocess.Popen[str]:
     """A process that logs ``count`` numbered records, flushing every 1,000."""
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": endpoint, "GOOGLE_CLOUD_PROJECT": "test"}
+    env = emulator_env(endpoint)
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(CHILD), bucket, str(spool), str(count),
          str(max_bytes)],
@@ -73,6 +72,18 @@ def recover_in_process(client: Any, bucket: str, spool: Path) -> GCSHandler:
     handler = GCSHandler(bucket, client=client, spool_dir=str(spool), close_timeout=60)
     handler.close()
     return handler
+
+
+def recover_command(endpoint: str, spool: Path) -> subprocess.CompletedProcess[str]:
+    """``gcs-log-sink recover SPOOL`` run to completion against ``endpoint``."""
+    return subprocess.run(
+        [sys.executable, "-m", "gcs_log_sink", "recover", str(spool)],
+        env=emulator_env(endpoint),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def spooled_files(spool: Path) -> list[str]:
@@ -203,15 +214,7 @@ def test_damaged_spool_ships_what_is_intact_and_says_what_is_not(
     segment.write_bytes(bytes(data))
     assert 0o600 == segment.stat().st_mode & 0o777
 
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "test"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gcs_log_sink", "recover", str(spool)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = recover_command(gcs.url, spool)
     assert 1 == result.returncode, result.stderr
     assert "damaged" in result.stderr
     assert "Traceback" not in result.stderr
@@ -267,7 +270,7 @@ def test_a_killed_stream_with_a_spool_is_recovered_by_the_command(
     gcs: LocalGCS, client: Any, bucket: str, tmp_path: Path
 ) -> None:
     """GCSObjectStream(spool_dir) killed mid-object: 'recover' finalizes it, flushed bytes in."""
-    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "test"}
+    env = emulator_env(gcs.url)
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(STREAM_CHILD), bucket, str(tmp_path)],
         env=env,
@@ -281,14 +284,7 @@ def test_a_killed_stream_with_a_spool_is_recovered_by_the_command(
     child.stdout.close()
     assert not client.bucket(bucket).blob("streamed.bin").exists()  # never finalized
 
-    result = subprocess.run(
-        [sys.executable, "-m", "gcs_log_sink", "recover", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = recover_command(gcs.url, tmp_path)
     assert 0 == result.returncode, result.stderr
     data = client.bucket(bucket).blob("streamed.bin").download_as_bytes()
     written = b"".join(bytes([i]) * 30_000 for i in range(40))
@@ -353,3 +349,24 @@ def test_the_upload_threads_own_logs_are_not_spooled(
         client.bucket(bucket).blob(b.name).download_as_text() for b in client.list_blobs(bucket)
     )
     assert "HTTP/1.1" not in text, text[:2000]
+
+
+def test_an_expired_session_is_shipped_as_a_recovered_object(
+    gcs: LocalGCS, proxy: FaultProxy, client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """GCS no longer knows the dead process's session: the data becomes *.recovered-<time>."""
+    child = start_child(proxy.url, bucket, tmp_path / "spool", 3_000, max_bytes=10 << 20)
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith("flushed 3000"):
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    proxy.script(["410_before"], match=is_status_query)  # the resume finds the session gone
+    handler = GCSHandler(bucket, client=client, spool_dir=str(tmp_path / "spool"))
+    handler.close()
+    names = [blob.name for blob in client.list_blobs(bucket)]
+    assert 1 == len(names), names
+    assert re.search(r"\.log\.recovered-\d{8}T\d{6}Z$", names[0]), names
+    assert list(range(3000)) == numbers(client, bucket)
