@@ -279,6 +279,8 @@ class GCSHandler(logging.Handler):
         self._own_threads: set[int] = set()
         self._start_lock = threading.Lock()
         self._current: _OpenObject | None = None
+        self._finisher: threading.Thread | None = None
+        self._finishing: _OpenObject | None = None
         self._seq = 0
         self._latest_window = 0.0
         self._lost = 0
@@ -459,8 +461,8 @@ class GCSHandler(logging.Handler):
         super().close()
 
     def _open_records(self) -> int:
-        current = self._current
-        return current.records if current is not None else 0
+        """Records in objects not yet finalized: the open one and the one finalizing."""
+        return sum(obj.records for obj in (self._current, self._finishing) if obj is not None)
 
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
@@ -515,6 +517,7 @@ class GCSHandler(logging.Handler):
                     continue
                 if self._stopping:
                     self._finish_current()
+                    self._wait_for_finisher()
                     self._serve_flush_requests()
                     return
                 self._worker_idle = True
@@ -793,24 +796,55 @@ class GCSHandler(logging.Handler):
             return
 
     def _finish_current(self) -> None:
+        """End the open object: seal its segment, or finalize it beside the worker.
+
+        Finalizing waits on GCS (the last chunk and its answer). On the worker, callers would
+        meet a full queue meanwhile at every rotation; so one finisher thread does it while
+        the worker goes on into the next object. A second rotation waits for the first.
+        """
         current, self._current = self._current, None
         if current is None:
             return
+        if isinstance(current.stream, Segment):
+            try:
+                current.finish()
+            except OSError as exc:
+                self._report("spool", f"cannot seal a spool segment: {exc}")
+                return
+            with self._spool_changed:
+                self._spool_changed.notify_all()
+            return  # the uploader finalizes it
+        self._wait_for_finisher()
+        self._finishing = current
+        finisher = threading.Thread(
+            target=self._finish_object,
+            args=(current,),
+            name=f"gcs_log_sink:{self.bucket}:finish",
+            daemon=True,
+        )
+        self._finisher = finisher
+        finisher.start()
+
+    def _wait_for_finisher(self) -> None:
+        finisher = self._finisher
+        if finisher is not None:
+            finisher.join()
+            self._finisher = None
+
+    def _finish_object(self, current: _OpenObject) -> None:
+        me = threading.get_ident()
+        self._own_threads.add(me)
         try:
             current.finish()
-            if isinstance(current.stream, Segment):
-                with self._spool_changed:
-                    self._spool_changed.notify_all()
-                return  # the uploader finalizes it
-        except OSError as exc:
-            self._report("spool", f"cannot seal a spool segment: {exc}")
-            return
         except errors.UploadError as exc:
             self._lost += current.records
             self._report(type(exc).__name__, f"cannot finalize an object: {exc}")
             return
-        if self._on_finalize is not None:
-            stream = current.stream
+        finally:
+            self._finishing = None
+            self._own_threads.discard(me)  # thread ids are reused: never drop a stranger's
+        stream = current.stream
+        if self._on_finalize is not None and isinstance(stream, GCSObjectStream):
             try:
                 self._on_finalize(stream.name, stream.generation or 0, stream.size or 0)
             except Exception as exc:
@@ -837,6 +871,7 @@ class GCSHandler(logging.Handler):
                 current.flush()
             except errors.UploadError as exc:
                 self._fail_current(exc)
+        self._wait_for_finisher()  # records of the object being finalized count too
         for request in ready:
             request.done.set()
 

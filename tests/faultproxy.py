@@ -61,6 +61,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "partial_reset",  # forward part of a non-final chunk, then TCP RST
     "stall",  # hold the request for stall_seconds without forwarding, then TCP RST
     "stall_after",  # forward, then hold the answer for stall_seconds, then TCP RST
+    "delay_before",  # hold the request for stall_seconds, then forward it normally: a slow GCS
 )
 
 # Besides FAULT_KINDS, "NNN_before" answers any status NNN without forwarding (a 403, a 404
@@ -435,6 +436,8 @@ class FaultProxy:
         kind, units = self._decide(req)
         status: int | None = None
         answer: _Answer | None = None
+        if kind == "delay_before":
+            self._stopping.wait(self.stall_seconds)
         if kind is not None and _STATUS_BEFORE.fullmatch(kind):
             answer = _error_answer(int(kind[:3]))
         elif kind == "stall":

@@ -150,3 +150,38 @@ def test_a_process_whose_gcs_is_gone_exits_in_time_and_says_what_it_lost(
     assert elapsed < 3.0 + 2.0
     assert "could not ship 1234 records" in err
     assert "Traceback" not in err
+
+
+def test_a_slow_finalize_does_not_hold_up_the_callers(
+    proxy: FaultProxy, proxied: Any, client: Any, bucket: str, logger: logging.Logger
+) -> None:
+    """GCS takes 2 s to finalize at a window change: records keep flowing, none dropped."""
+    from faultproxy import is_final_request
+
+    clock = [1_790_000_000.0]
+    handler = GCSHandler(
+        bucket, client=proxied, queue_size=300, overflow="drop", clock=lambda: clock[0]
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    for i in range(200):
+        logger.info("record %d", i)
+    handler.flush()
+    proxy.script(["delay_before"], match=is_final_request)  # the first object's finalize
+    clock[0] += 3600
+    started = time.monotonic()
+    i = 200
+    while time.monotonic() - started < 1.5:  # ~3,000 records while the finalize hangs
+        logger.info("record %d", i)
+        i += 1
+        time.sleep(0.0005)
+    handler.close()
+    assert ["delay_before"] == [event.kind for event in proxy.faults()]
+    assert 0 == handler.dropped
+    names = sorted(blob.name for blob in client.list_blobs(bucket))
+    lines = [
+        line
+        for name in names
+        for line in client.bucket(bucket).blob(name).download_as_text().splitlines()
+    ]
+    assert [f"record {n}" for n in range(i)] == lines

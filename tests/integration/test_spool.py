@@ -360,6 +360,11 @@ def test_an_expired_session_is_shipped_as_a_recovered_object(
     for line in child.stdout:
         if line.startswith("flushed 3000"):
             break
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(
+        '"session_url": "' in state.read_text() for state in (tmp_path / "spool").rglob("*.json")
+    ):
+        time.sleep(0.05)  # the upload thread has opened (and saved) its session
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stdout.close()
