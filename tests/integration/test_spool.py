@@ -375,3 +375,25 @@ def test_an_expired_session_is_shipped_as_a_recovered_object(
     assert 1 == len(names), names
     assert re.search(r"\.log\.recovered-\d{8}T\d{6}Z$", names[0]), names
     assert list(range(3000)) == numbers(client, bucket)
+
+
+def test_gzip_objects_through_the_spool(client: Any, bucket: str, tmp_path: Path) -> None:
+    """compression='gzip' with a spool: each object one valid gzip stream of the records."""
+    import gzip
+
+    handler = GCSHandler(
+        bucket, client=client, spool_dir=str(tmp_path), compression="gzip", max_bytes=50_000
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(3_000):
+        handler.emit(logging.makeLogRecord({"msg": f"rec {i:06d} {'r' * 60}"}))
+        if i == 1_000:
+            handler.flush()
+    handler.close()
+    names = sorted(blob.name for blob in client.list_blobs(bucket))
+    assert len(names) > 1
+    assert all(name.endswith(".log.gz") for name in names)
+    text = b"".join(
+        gzip.decompress(client.bucket(bucket).blob(name).download_as_bytes()) for name in names
+    )
+    assert [f"rec {i:06d} {'r' * 60}" for i in range(3_000)] == text.decode().splitlines()
