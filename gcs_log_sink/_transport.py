@@ -24,7 +24,6 @@ __all__ = [
     "CredentialsError",
     "Transport",
     "TransportError",
-    "client_endpoint",
     "user_agent",
 ]
 
@@ -72,11 +71,6 @@ def user_agent() -> str:
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
         version = "0"
     return f"gcs-log-sink/{version} {requests.utils.default_user_agent()}"
-
-
-def client_endpoint(client: Any) -> str:
-    """The JSON API base URL the client talks to (honours ``STORAGE_EMULATOR_HOST``)."""
-    return str(client.api_endpoint)
 
 
 class Transport:

@@ -45,7 +45,13 @@ from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
 from .recovery import ship_segment
 from .rotation import RotationPolicy
 from .spool import Segment, Spool, dead_spools
-from .stream import DEFAULT_CHUNK_SIZE, GCSObjectStream, _positive_seconds, validate_chunk_size
+from .stream import (
+    DEFAULT_CHUNK_SIZE,
+    GCSObjectStream,
+    _positive_seconds,
+    _validate_metadata,
+    validate_chunk_size,
+)
 
 __all__ = ["GCSHandler"]
 
@@ -204,17 +210,12 @@ class GCSHandler(logging.Handler):
             "chunk_size": validate_chunk_size(chunk_size),
             "content_type": content_type
             or ("application/gzip" if compression else "text/plain; charset=utf-8"),
-            "metadata": metadata,
+            "metadata": _validate_metadata(metadata),
             "timeout": _positive_seconds("timeout", timeout),
             "retry_deadline": float("inf")
             if retry_deadline is None
             else _positive_seconds("retry_deadline", retry_deadline, zero_ok=True),
         }
-        if metadata is not None and not (
-            isinstance(metadata, Mapping)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-        ):
-            raise errors.ConfigurationError("metadata must be a mapping of str to str")
         self._compression = compression
         self._queue_size = queue_size
         self._max_queue_bytes = max_queue_bytes
@@ -613,15 +614,14 @@ class GCSHandler(logging.Handler):
         current = self._current
         count = len(parts)
         try:
-            if current is None:
-                raise _Refused  # the open failed: these records cannot be shipped
+            if current is None:  # the open failed: these records cannot be shipped
+                self._lost += count
+                return
             current.write(b"".join(parts), count)
             if self._spool is not None:
                 self._spooled_records += count
                 with self._spool_changed:
                     self._spool_changed.notify_all()
-        except _Refused:
-            self._lost += count
         except OSError as exc:  # the spool's disk
             self._report("spool", f"cannot write the spool: {exc}")
             self._lost += count
@@ -907,10 +907,6 @@ class _Joiner:
         parts, size = self._parts, self.size
         self._parts, self.size = [], 0
         self._write(parts, size)
-
-
-class _Refused(Exception):
-    """No object could be opened for these records."""
 
 
 # -- process-wide hooks: at exit, and after fork -------------------------------------------

@@ -207,9 +207,6 @@ class Spool:
         segment.save()
         return segment
 
-    def total_bytes(self) -> int:
-        return sum(segment.size() for segment in self.segments())
-
     def release(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
