@@ -11,12 +11,28 @@ import google_crc32c
 from gcs_log_sink._localgcs import anonymous_client as client_for
 from gcs_log_sink._localgcs import emulator_env
 
-__all__ = ["client_for", "crc32c_b64", "emulator_env", "random_writes", "read_object"]
+__all__ = [
+    "bucket_text",
+    "client_for",
+    "crc32c_b64",
+    "emulator_env",
+    "random_writes",
+    "read_object",
+]
 
 
 def read_object(client: Any, bucket: str, name: str) -> bytes:
     """The bytes of gs://bucket/name as the server holds them."""
     return bytes(client.bucket(bucket).blob(name).download_as_bytes())
+
+
+def bucket_text(client: Any, bucket: str) -> str:
+    """Every object in the bucket, concatenated in name order (the order they were shipped).
+
+    Fresh blobs, not the listed ones: a listed blob's mediaLink may name a proxy that is gone.
+    """
+    names = sorted(blob.name for blob in client.list_blobs(bucket))
+    return "".join(client.bucket(bucket).blob(name).download_as_text() for name in names)
 
 
 def crc32c_b64(data: bytes) -> str:

@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, is_chunk_upload
-from helpers import emulator_env
+from helpers import bucket_text, emulator_env
 
 from gcs_log_sink import GCSHandler
 
 
 def shipped_lines(client: Any, bucket: str) -> list[str]:
     """Every line in the bucket, in object-name order."""
-    blobs = sorted(client.list_blobs(bucket), key=lambda blob: blob.name)
-    return [line for blob in blobs for line in blob.download_as_text().splitlines()]
+    return bucket_text(client, bucket).splitlines()
 
 
 def test_faults_while_shipping_lose_and_double_nothing(
@@ -178,10 +177,4 @@ def test_a_slow_finalize_does_not_hold_up_the_callers(
     handler.close()
     assert ["delay_before"] == [event.kind for event in proxy.faults()]
     assert 0 == handler.dropped
-    names = sorted(blob.name for blob in client.list_blobs(bucket))
-    lines = [
-        line
-        for name in names
-        for line in client.bucket(bucket).blob(name).download_as_text().splitlines()
-    ]
-    assert [f"record {n}" for n in range(i)] == lines
+    assert [f"record {n}" for n in range(i)] == shipped_lines(client, bucket)

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from faultproxy import FaultProxy, is_chunk_upload, is_final_request, is_status_query
-from helpers import client_for, emulator_env
+from helpers import bucket_text, client_for, emulator_env
 
 from gcs_log_sink import GCSHandler
 from gcs_log_sink._localgcs import LocalGCS
@@ -46,9 +46,7 @@ CHILD = """
 
 def numbers(client: Any, bucket: str) -> list[int]:
     """Record numbers in the bucket, objects in name order (one process: seq order)."""
-    names = sorted(blob.name for blob in client.list_blobs(bucket))
-    # Fresh blobs, not the listed ones: their mediaLink may name a proxy that is gone.
-    text = "".join(client.bucket(bucket).blob(name).download_as_text() for name in names)
+    text = bucket_text(client, bucket)
     return [int(match) for match in re.findall(r"^rec (\d{6}) r{60}$", text, re.MULTILINE)]
 
 
@@ -320,9 +318,7 @@ def test_a_full_spool_drops_the_oldest_and_says_so(
     shipped = numbers(client, bucket)
     assert 10_000 == len(shipped) + dropped
     assert shipped == sorted(set(shipped))
-    text = "".join(
-        client.bucket(bucket).blob(b.name).download_as_text() for b in client.list_blobs(bucket)
-    )
+    text = bucket_text(client, bucket)
     noted = sum(int(n) for n in re.findall(r"gcs_log_sink dropped (\d+) records", text))
     assert dropped == noted
 
@@ -345,9 +341,7 @@ def test_the_upload_threads_own_logs_are_not_spooled(
         root.removeHandler(handler)
         root.setLevel(old_level)
     assert list(range(10)) == numbers(client, bucket)
-    text = "".join(
-        client.bucket(bucket).blob(b.name).download_as_text() for b in client.list_blobs(bucket)
-    )
+    text = bucket_text(client, bucket)
     assert "HTTP/1.1" not in text, text[:2000]
 
 
