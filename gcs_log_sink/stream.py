@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from . import errors
 from ._chunks import UPLOAD_UNIT, ChunkBuffer, crc32c_base64, next_chunk_length
@@ -81,6 +81,16 @@ def default_client() -> Any:
     return storage.Client()
 
 
+class UploadObserver(Protocol):
+    """Told of each failed try and each answer from GCS (a handler's outage reporting)."""
+
+    def retrying(self, reason: str) -> None:
+        """A request failed in a way that is retried; ``reason`` names no secret."""
+
+    def answered(self) -> None:
+        """GCS answered a request (not with a retryable status): it is reachable."""
+
+
 class GCSObjectStream(io.BufferedIOBase):
     """A binary, write-only file whose bytes become one GCS object.
 
@@ -119,6 +129,7 @@ class GCSObjectStream(io.BufferedIOBase):
         _rng: random.Random | None = None,
         spool_dir: str | None = None,
         _resume: tuple[str, Callable[[int], int]] | None = None,
+        _observer: UploadObserver | None = None,
     ) -> None:
         super().__init__()
         # State close() reads first: a constructor that raises still leaves a closable
@@ -152,6 +163,7 @@ class GCSObjectStream(io.BufferedIOBase):
         # loop stops at its next wait instead of retrying on for retry_deadline.
         self._cancel = _cancel or threading.Event()
         self._rng = _rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._observer = _observer
         self._client = client if client is not None else default_client()
         self._transport = Transport.for_client(self._client, timeout)
         if spool_dir is not None:
@@ -433,17 +445,22 @@ class GCSObjectStream(io.BufferedIOBase):
     def _send(self, request: Request) -> Answer | None:
         """One request; ``None`` when the wire failed and the server may have seen it."""
         try:
-            return self._transport.send(request)
+            answer = self._transport.send(request)
         except TransportError:
             return None
         except CredentialsError as exc:
             self._fail(errors.PermissionDeniedError, f"no usable credentials: {exc}", None)
+        if self._observer is not None and classify_status(answer.status) is not Verdict.RETRY:
+            self._observer.answered()
+        return answer
 
     def _wait(self, attempt: Attempt | None, reason: str) -> Attempt:
         """Sleep before the next try, or raise once ``retry_deadline`` has passed."""
         now = time.monotonic()
         attempt = attempt or self._policy.start(now)
         delay = attempt.next_delay(now, self._rng)
+        if self._observer is not None:
+            self._observer.retrying(reason)
         if delay is None or self._cancel.is_set():
             self._fail(
                 errors.RetryDeadlineExceededError,
