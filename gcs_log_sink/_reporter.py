@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["OUTAGE_REPORT_INTERVAL", "Reporter"]
+__all__ = ["OUTAGE_REPORT_INTERVAL", "HandlerStats", "Reporter"]
 
 # Flapping connectivity must not turn stderr into a log of its own.
 OUTAGE_REPORT_INTERVAL = 30.0
@@ -98,3 +99,32 @@ class Reporter:
         """How long the current outage has lasted, or None while GCS answers."""
         since = self._outage_since
         return None if since is None else self._monotonic() - since
+
+
+@dataclass(frozen=True)
+class HandlerStats:
+    """A consistent snapshot of what a :class:`GCSHandler` has done (``handler.stats()``).
+
+    Records: ``queued_records`` wait in memory (``queued_bytes``); ``in_flight`` are being
+    written; ``unfinalized_records`` are in objects not yet finalized (or in the spool, not
+    yet uploaded); ``shipped_*`` are in finalized objects; ``dropped`` were refused (queue or
+    spool full, or logged after close); ``lost`` were given up on. ``retries`` and
+    ``outages`` count failed tries and outages; ``last_error`` is the last failure said;
+    ``lag_seconds`` is the age of the oldest record not yet in a finalized object.
+    """
+
+    queued_records: int
+    queued_bytes: int
+    in_flight: int
+    unfinalized_records: int
+    shipped_records: int
+    shipped_bytes: int
+    shipped_objects: int
+    dropped: int
+    lost: int
+    retries: int
+    outages: int
+    outage_seconds: float | None
+    last_error: str | None
+    lag_seconds: float
+    spool_bytes: int

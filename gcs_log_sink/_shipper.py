@@ -22,7 +22,7 @@ from typing import Any
 from . import errors
 from ._queue import ROTATE, Batch, DropReason, RecordQueue
 from ._reporter import Reporter
-from ._sinks import GCSSink, GzipSink, SegmentSink, Sink, StreamOptions
+from ._sinks import GCSSink, GzipSink, LazyClient, OpenObject, SegmentSink, Sink, StreamOptions
 from .naming import ObjectNameTemplate
 from .rotation import (
     FINISH,
@@ -35,7 +35,7 @@ from .rotation import (
     window_over,
 )
 
-__all__ = ["LazyClient", "OpenObject", "Shipper", "ShipperConfig"]
+__all__ = ["Shipper", "ShipperConfig"]
 
 # How many times a taken name (another process got there first) is skipped before giving up.
 _NAME_ATTEMPTS = 100
@@ -55,28 +55,6 @@ _BATCH_RECORDS = 8192
 _WRITE_BYTES = 256 * 1024
 
 
-class LazyClient:
-    """The storage client, made on first use by whichever shipping thread needs it first
-    (finding credentials can be slow: never on the caller's thread)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                from .stream import default_client
-
-                self._client = default_client()
-            return self._client
-
-    def forget_connections(self) -> None:
-        """After fork: the parent's connection pool must not be shared; the child makes its own."""
-        if self._client is not None and hasattr(self._client, "_http_internal"):
-            self._client._http_internal = None
-
-
 @dataclass(frozen=True)
 class ShipperConfig:
     """What the shipper needs of the handler's (validated) options."""
@@ -89,18 +67,6 @@ class ShipperConfig:
     host: str
     clock: Callable[[], float]
     on_finalize: Callable[[str, int, int], None] | None
-
-
-@dataclass
-class OpenObject:
-    """The object being written, and what went into it (uncompressed)."""
-
-    sink: Sink
-    window: float
-    deadline: float  # monotonic: when its window is over
-    size: int = 0
-    records: int = 0
-    first_created: float | None = None
 
 
 class Shipper:

@@ -15,7 +15,16 @@ from typing import Any, Protocol
 from .spool import Segment, Spool
 from .stream import GCSObjectStream, UploadObserver
 
-__all__ = ["Finished", "GCSSink", "GzipSink", "SegmentSink", "Sink", "StreamOptions"]
+__all__ = [
+    "Finished",
+    "GCSSink",
+    "GzipSink",
+    "LazyClient",
+    "OpenObject",
+    "SegmentSink",
+    "Sink",
+    "StreamOptions",
+]
 
 
 @dataclass(frozen=True)
@@ -167,3 +176,37 @@ class GzipSink:
 
     def abort(self) -> None:
         self.inner.abort()
+
+
+@dataclass
+class OpenObject:
+    """The object being written, and what went into it (uncompressed)."""
+
+    sink: Sink
+    window: float
+    deadline: float  # monotonic: when its window is over
+    size: int = 0
+    records: int = 0
+    first_created: float | None = None
+
+
+class LazyClient:
+    """The storage client, made on first use by whichever shipping thread needs it first
+    (finding credentials can be slow: never on the caller's thread)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from .stream import default_client
+
+                self._client = default_client()
+            return self._client
+
+    def forget_connections(self) -> None:
+        """After fork: the parent's connection pool must not be shared; the child makes its own."""
+        if self._client is not None and hasattr(self._client, "_http_internal"):
+            self._client._http_internal = None

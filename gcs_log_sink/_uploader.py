@@ -22,8 +22,7 @@ from typing import Any
 from . import errors
 from ._queue import RecordQueue
 from ._reporter import Reporter
-from ._shipper import LazyClient, OpenObject
-from ._sinks import SegmentSink, StreamOptions
+from ._sinks import LazyClient, OpenObject, SegmentSink, StreamOptions
 from .recovery import ship_segment
 from .spool import Segment, Spool, dead_spools
 

@@ -26,7 +26,6 @@ are the models):
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
@@ -34,16 +33,15 @@ import secrets
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from . import errors
+from ._lifecycle import bounded, forget, install_process_hooks, register
 from ._queue import RecordQueue
-from ._reporter import Reporter
-from ._shipper import LazyClient, Shipper, ShipperConfig
-from ._sinks import StreamOptions
+from ._reporter import HandlerStats, Reporter
+from ._shipper import Shipper, ShipperConfig
+from ._sinks import LazyClient, StreamOptions
 from ._uploader import SpoolUploader
 from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
 from .rotation import RotationPolicy
@@ -54,35 +52,6 @@ __all__ = ["GCSHandler", "HandlerStats"]
 
 _OVERFLOW_POLICIES = ("block", "drop")
 _COMPRESSIONS = (None, "gzip")
-
-
-@dataclass(frozen=True)
-class HandlerStats:
-    """A consistent snapshot of what a :class:`GCSHandler` has done (``handler.stats()``).
-
-    Records: ``queued_records`` wait in memory (``queued_bytes``); ``in_flight`` are being
-    written; ``unfinalized_records`` are in objects not yet finalized (or in the spool, not
-    yet uploaded); ``shipped_*`` are in finalized objects; ``dropped`` were refused (queue or
-    spool full, or logged after close); ``lost`` were given up on. ``retries`` and
-    ``outages`` count failed tries and outages; ``last_error`` is the last failure said;
-    ``lag_seconds`` is the age of the oldest record not yet in a finalized object.
-    """
-
-    queued_records: int
-    queued_bytes: int
-    in_flight: int
-    unfinalized_records: int
-    shipped_records: int
-    shipped_bytes: int
-    shipped_objects: int
-    dropped: int
-    lost: int
-    retries: int
-    outages: int
-    outage_seconds: float | None
-    last_error: str | None
-    lag_seconds: float
-    spool_bytes: int
 
 
 def _positive_int(option: str, value: Any) -> int:
@@ -207,8 +176,8 @@ class GCSHandler(logging.Handler):
         self._closed = False
         self._close_lock = threading.Lock()
         self._start_fresh()
-        _live_handlers.add(self)
-        _install_process_hooks()
+        register(self)
+        install_process_hooks()
         self._constructed = True
         if self._uploader is not None:
             # Ship what a dead process left in the spool now, not at the first record.
@@ -360,7 +329,7 @@ class GCSHandler(logging.Handler):
         ):
             return
         request = self._queue.request_flush()
-        if not request.done.wait(_bounded(self._close_timeout)):
+        if not request.done.wait(bounded(self._close_timeout)):
             self._reporter.report(
                 "flush-timeout",
                 f"flush() gave up after close_timeout={self._close_timeout} s; "
@@ -385,7 +354,7 @@ class GCSHandler(logging.Handler):
         with self._close_lock:
             self._closed = True
         self._queue.close()
-        return time.monotonic() + _bounded(self._close_timeout)
+        return time.monotonic() + bounded(self._close_timeout)
 
     def _finish_close(self, deadline: float) -> None:
         if os.getpid() == self._pid:
@@ -402,7 +371,7 @@ class GCSHandler(logging.Handler):
                 )
         if self._spool is not None and (self._uploader is None or not self._uploader.alive):
             self._spool.release()
-        _live_handlers.discard(self)
+        forget(self)
         super().close()
 
     def _give_up(self) -> None:
@@ -427,88 +396,3 @@ class GCSHandler(logging.Handler):
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
         return f"<GCSHandler gs://{self.bucket}/{self._prefix} ({level})>"
-
-
-# -- process-wide hooks: at exit, in multiprocessing children, after fork -------------------
-
-_live_handlers: weakref.WeakSet[GCSHandler] = weakref.WeakSet()
-_hooks_installed = False
-_hooks_lock = threading.Lock()
-# Set at exit: no flush() or close() from then on waits past it, however many handlers.
-_exit_deadline: float | None = None
-
-
-def _bounded(timeout: float) -> float:
-    """``timeout``, cut to what is left of the exit budget once the process is exiting."""
-    if _exit_deadline is None:
-        return timeout
-    return max(0.0, min(timeout, _exit_deadline - time.monotonic()))
-
-
-def _drain_at_exit() -> None:
-    """atexit: drain every live handler within the largest close_timeout, in total.
-
-    Handlers stay open: atexit hooks registered before this one run after it and may still
-    log; ``logging.shutdown`` (registered at ``import logging``, so run last) closes the
-    handlers and ships those records within what is left of the budget. A handler that
-    could not drain in time (GCS away) gives up now and says what it could not ship.
-    """
-    global _exit_deadline
-    handlers = list(_live_handlers)
-    budget = max((handler._close_timeout for handler in handlers), default=0.0)
-    _exit_deadline = time.monotonic() + budget
-    drains = [(handler, handler._begin_drain()) for handler in handlers]
-    for handler, done in drains:
-        if done is not None and not done.wait(max(0.0, _exit_deadline - time.monotonic())):
-            handler._give_up()
-            handler.close()
-
-
-def _close_all() -> None:
-    """Close every live handler within the largest close_timeout, in total, not each."""
-    global _exit_deadline
-    handlers = list(_live_handlers)
-    budget = max((handler._close_timeout for handler in handlers), default=0.0)
-    _exit_deadline = time.monotonic() + budget
-    deadlines = [handler._begin_close() for handler in handlers]
-    deadline = max(deadlines, default=time.monotonic())
-    for handler in handlers:
-        handler._finish_close(deadline)
-
-
-def _reset_in_child() -> None:
-    global _exit_deadline
-    _exit_deadline = None
-    for handler in list(_live_handlers):
-        handler._client.forget_connections()
-        if not handler._closed:
-            handler._start_fresh()
-
-
-class _ForkToken:
-    """What multiprocessing's after-fork registry holds on to (it keeps weak references)."""
-
-
-_FORK_TOKEN = _ForkToken()
-
-
-def _arm_multiprocessing_child(_token: _ForkToken) -> None:
-    """In a multiprocessing child (fork start method), which leaves through ``os._exit``
-    with no atexit: close the handlers from multiprocessing's own exit finalizers, last."""
-    import multiprocessing.util
-
-    multiprocessing.util.Finalize(None, _close_all, exitpriority=-100)
-
-
-def _install_process_hooks() -> None:
-    global _hooks_installed
-    with _hooks_lock:
-        if _hooks_installed:
-            return
-        _hooks_installed = True
-        import multiprocessing.util
-
-        # Registered after `import logging`, so it runs before logging.shutdown.
-        atexit.register(_drain_at_exit)
-        os.register_at_fork(after_in_child=_reset_in_child)
-        multiprocessing.util.register_after_fork(_FORK_TOKEN, _arm_multiprocessing_child)
