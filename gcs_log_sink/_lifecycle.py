@@ -88,7 +88,7 @@ def reset_in_child() -> None:
     global _exit_deadline
     _exit_deadline = None
     for handler in list(_live_handlers):
-        handler._client.forget_connections()
+        handler._client.after_fork()
         if not handler._closed:
             handler._start_fresh()
 

@@ -206,7 +206,9 @@ class LazyClient:
                 self._client = default_client()
             return self._client
 
-    def forget_connections(self) -> None:
-        """After fork: the parent's connection pool must not be shared; the child makes its own."""
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connection pool must not be shared (the child
+        makes its own), and the lock may have been held by a parent thread at the fork."""
+        self._lock = threading.Lock()
         if self._client is not None and hasattr(self._client, "_http_internal"):
             self._client._http_internal = None

@@ -174,7 +174,6 @@ class GCSHandler(logging.Handler):
         self._spool_root = spool_dir
         self._spool: Spool | None = None
         self._closed = False
-        self._close_lock = threading.Lock()
         self._start_fresh()
         register(self)
         install_process_hooks()
@@ -351,8 +350,7 @@ class GCSHandler(logging.Handler):
         self._finish_close(self._begin_close())
 
     def _begin_close(self) -> float:
-        with self._close_lock:
-            self._closed = True
+        self._closed = True
         self._queue.close()
         return time.monotonic() + bounded(self._close_timeout)
 
