@@ -114,8 +114,8 @@ class Shipper:
             )
             self._thread = thread
             thread.start()
-        if self._uploader is not None:
-            self._uploader.start()
+            if self._uploader is not None:
+                self._uploader.start()
 
     @property
     def started(self) -> bool:
@@ -135,6 +135,7 @@ class Shipper:
         me = threading.get_ident()
         self.own_threads.add(me)
         queue = self._queue
+        noted_at_close = False
         try:
             while True:
                 queue.wake.clear()
@@ -149,8 +150,9 @@ class Shipper:
                 self._serve_flushes()
                 self._check_window()
                 if batch.final:  # closed, and nothing left: the last word, then stop
-                    if self._note_drops():
-                        continue
+                    if not noted_at_close and self._note_drops():
+                        noted_at_close = True  # once: records still logged after close
+                        continue  # must not keep the thread alive
                     self._finish_current()
                     self._wait_for_finisher()
                     self._serve_flushes()
