@@ -138,16 +138,19 @@ class RecordQueue:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
-            if not self._has_room(size) and (
-                nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
-            ):
+            queued = self._queued_records
+            # One record bigger than the byte cap still fits into an empty queue.
+            if (
+                queued >= self._max_records
+                or (queued and self._queued_bytes + size > self._max_bytes)
+            ) and (nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)):
                 self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
                 return False
             self._items.append((created, data))
             self._queued_records += 1
             self._queued_bytes += size
             self._accepted += 1
-        if not nested and self.consumer_idle and not self.wake.is_set():
+        if self.consumer_idle and not nested and not self.wake.is_set():
             self.wake.set()  # once per wake-up, not once per record
         return True
 

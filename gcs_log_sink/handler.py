@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import errors
+from ._fastformat import format_record
 from ._lifecycle import bounded, forget, install_process_hooks, register
 from ._queue import RecordQueue
 from ._reporter import HandlerStats, Reporter
@@ -51,6 +52,7 @@ from .stream import DEFAULT_CHUNK_SIZE, _positive_seconds, _validate_metadata, v
 __all__ = ["GCSHandler", "HandlerStats"]
 
 _OVERFLOW_POLICIES = ("block", "drop")
+_DEFAULT_FORMATTER = logging.Formatter()  # what logging.Handler.format uses without one
 _COMPRESSIONS = (None, "gzip")
 
 
@@ -232,6 +234,10 @@ class GCSHandler(logging.Handler):
         if threading.get_ident() in self._shipper.own_threads:
             return False
         return super().handle(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """As ``logging.Handler.format``; the stock formatter's date text is cached per second."""
+        return format_record(self.formatter or _DEFAULT_FORMATTER, record)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format on the caller's thread and enqueue the bytes. Never raises, never does I/O."""
