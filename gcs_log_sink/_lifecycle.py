@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
 import time
 import weakref
+from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -102,10 +104,36 @@ _FORK_TOKEN = _ForkToken()
 
 def _arm_multiprocessing_child(_token: _ForkToken) -> None:
     """In a multiprocessing child (fork start method), which leaves through ``os._exit``
-    with no atexit: close the handlers from multiprocessing's own exit finalizers, last."""
+    with no atexit: close the handlers from multiprocessing's own exit finalizers, last.
+
+    ``Pool.terminate()`` (which ``with Pool() as pool:`` calls on exit) ends workers with
+    SIGTERM, whose default action runs no finalizer. Where SIGTERM still has that default,
+    a worker that holds unshipped records leaves through ``SystemExit`` instead, so the
+    finalizer ships them (within ``close_timeout``); one with nothing to ship dies of the
+    signal at once, as before.
+    """
     import multiprocessing.util
 
     multiprocessing.util.Finalize(None, close_all, exitpriority=-100)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _leave_through_finalizers)
+
+
+def _leave_through_finalizers(signum: int, frame: FrameType | None) -> None:
+    import multiprocessing.util
+
+    if _exit_deadline is not None or getattr(multiprocessing.util, "_exiting", False):
+        # Already leaving through the finalizers, which ship within close_timeout: a Pool
+        # worker gets its sentinel, starts to exit, and terminate()'s SIGTERM lands in the
+        # middle of it. Raising there would skip the finalizers.
+        return
+    if any(handler._queue.unsettled for handler in list(_live_handlers)):
+        raise SystemExit(128 + signum)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def install_process_hooks() -> None:

@@ -7,11 +7,13 @@ interrupts one of them) call :meth:`RecordQueue.put`; the one shipping thread ca
 (:meth:`RecordQueue.ledger`) is consistent: every record accepted is, at any instant,
 queued, taken, in an open object, shipped or lost; and every record refused is dropped.
 
-Why an ``RLock``: a signal handler that logs runs on the main thread, possibly while that
-thread is inside :meth:`put` holding the lock. With a plain ``Lock`` the process hangs. A
-re-entered ``put`` never blocks and never sets the wake-up event (whose internal lock the
-interrupted frame may hold); the shipper polls at least once a second, so such a record
-waits at most that long.
+Why an ``RLock`` and no ``Event``: a signal handler that logs runs on the main thread,
+possibly while that thread is inside :meth:`put` (holding the lock, waiting for room, or
+waking the shipper). With a plain ``Lock``, or an ``Event`` (whose ``set()`` takes a plain
+lock), the process hangs. So there is one re-entrant lock, the shipper sleeps on a
+condition of it, and a ``put`` that finds its own thread already inside ``put`` never
+waits for room and never wakes the shipper (it may be interrupting the very wake-up); the
+shipper looks at least once a second, so such a record waits at most that long.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class Ledger:
     dropped: int
     lost: int
     oldest_unshipped: float | None  # creation time (handler clock) of the oldest unshipped
+    notes: int  # of the records, the handler's own notes of what it dropped
 
 
 class RecordQueue:
@@ -100,12 +103,14 @@ class RecordQueue:
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._lock = threading.RLock()
-        self._space = threading.Condition(self._lock)
+        self._space = threading.Condition(self._lock)  # producers wait here for room
+        self._ready = threading.Condition(self._lock)  # the shipper sleeps here
         self._items: collections.deque[Entry] = collections.deque()
-        self.wake = threading.Event()  # set when the shipper should look again
-        self.urgent = threading.Event()  # someone waits on the shipper: no lingering
-        self.consumer_idle = False  # the shipper sleeps on ``wake``
+        self._putting: set[int] = set()  # threads inside put(): a second entry is a signal's
+        self._consumer_idle = False  # the shipper sleeps on _ready until woken
+        self._urgent = False  # someone waits on the shipper (flush, rotate, close)
         self._closed = False
+        self._notes = 0  # the handler's own drop notes, counted among the records
         self._flushes: list[FlushRequest] = []
         # Counters (entries: records and markers; records: only records).
         self._queued_records = 0
@@ -132,27 +137,37 @@ class RecordQueue:
         until there is room or the queue closes). Never blocks when re-entered.
         """
         size = len(data)
-        lock = self._lock
-        nested = lock._is_owned()  # type: ignore[attr-defined]  # a signal handler re-entered
-        with lock:
-            if self._closed:
-                self._drop(DropReason.AFTER_CLOSE)
-                return False
-            queued = self._queued_records
-            # One record bigger than the byte cap still fits into an empty queue.
-            if (
-                queued >= self._max_records
-                or (queued and self._queued_bytes + size > self._max_bytes)
-            ) and (nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)):
-                self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
-                return False
-            self._items.append((created, data))
-            self._queued_records += 1
-            self._queued_bytes += size
-            self._accepted += 1
-        if self.consumer_idle and not nested and not self.wake.is_set():
-            self.wake.set()  # once per wake-up, not once per record
-        return True
+        me = threading.get_ident()
+        putting = self._putting
+        nested = me in putting
+        if not nested:
+            putting.add(me)
+        try:
+            with self._lock:
+                if self._closed:
+                    self._drop(DropReason.AFTER_CLOSE)
+                    return False
+                queued = self._queued_records
+                # One record bigger than the byte cap still fits into an empty queue.
+                full = queued >= self._max_records or (
+                    queued and self._queued_bytes + size > self._max_bytes
+                )
+                if full and (
+                    nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
+                ):
+                    self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
+                    return False
+                self._items.append((created, data))
+                self._queued_records += 1
+                self._queued_bytes += size
+                self._accepted += 1
+                if self._consumer_idle and not nested:
+                    self._consumer_idle = False  # once per wake-up, not once per record
+                    self._ready.notify()
+            return True
+        finally:
+            if not nested:
+                putting.discard(me)
 
     def put_marker(self) -> bool:
         """Queue a rotate marker behind everything queued so far."""
@@ -161,7 +176,8 @@ class RecordQueue:
                 return False
             self._items.append(ROTATE)
             self._accepted += 1
-        self.wake.set()
+            self._urgent = True
+            self._ready.notify_all()
         return True
 
     def _has_room(self, size: int) -> bool:
@@ -258,6 +274,28 @@ class RecordQueue:
     def has_items(self) -> bool:
         return bool(self._items)
 
+    def wait_for_work(self, timeout: float) -> bool:
+        """The shipper sleeps until records, a flush or close arrive, or ``timeout`` passes.
+
+        Whether it was woken (rather than timed out or had work waiting already)."""
+        with self._lock:
+            if self._items or self._flushes or self._closed:
+                return False
+            self._consumer_idle = True
+            woken = self._ready.wait(timeout)
+            self._consumer_idle = False
+            return woken
+
+    def linger(self, timeout: float) -> None:
+        """Let records gather for ``timeout`` unless someone waits on the shipper."""
+        with self._lock:
+            if not self._urgent and not self._closed:
+                self._ready.wait(timeout)
+
+    def clear_urgent(self) -> None:
+        with self._lock:
+            self._urgent = False
+
     def pop_drop_note(self) -> tuple[int, str] | None:
         """Drops not yet written into the stream: (count, reasons), once each."""
         with self._lock:
@@ -277,6 +315,7 @@ class RecordQueue:
             self._queued_records += 1
             self._queued_bytes += len(data)
             self._accepted += 1
+            self._notes += 1
             return True
 
     def restore_drop_note(self, count: int, reasons: str) -> None:
@@ -290,8 +329,8 @@ class RecordQueue:
         with self._lock:
             request = FlushRequest(self._accepted)
             self._flushes.append(request)
-        self.urgent.set()
-        self.wake.set()
+            self._urgent = True
+            self._ready.notify_all()
         return request
 
     def ready_flushes(self) -> list[FlushRequest]:
@@ -316,9 +355,9 @@ class RecordQueue:
         """Refuse records from now on (counted as dropped); wake whoever waits."""
         with self._lock:
             self._closed = True
+            self._urgent = True
             self._space.notify_all()
-        self.urgent.set()
-        self.wake.set()
+            self._ready.notify_all()
 
     @property
     def closed(self) -> bool:
@@ -346,6 +385,7 @@ class RecordQueue:
                 dropped=self._dropped,
                 lost=self._lost,
                 oldest_unshipped=min(candidates, default=None),
+                notes=self._notes,
             )
 
     @property

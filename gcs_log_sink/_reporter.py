@@ -110,7 +110,9 @@ class HandlerStats:
     yet uploaded); ``shipped_*`` are in finalized objects; ``dropped`` were refused (queue or
     spool full, or logged after close); ``lost`` were given up on. ``retries`` and
     ``outages`` count failed tries and outages; ``last_error`` is the last failure said;
-    ``lag_seconds`` is the age of the oldest record not yet in a finalized object.
+    ``lag_seconds`` is the age of the oldest record not yet in a finalized object. The
+    handler's own notes of dropped records travel as records: ``notes`` says how many of
+    the records counted were such notes.
     """
 
     queued_records: int
@@ -128,3 +130,4 @@ class HandlerStats:
     last_error: str | None
     lag_seconds: float
     spool_bytes: int
+    notes: int

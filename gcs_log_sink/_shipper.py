@@ -22,7 +22,17 @@ from typing import Any
 from . import errors
 from ._queue import ROTATE, Batch, DropReason, RecordQueue
 from ._reporter import Reporter
-from ._sinks import GCSSink, GzipSink, LazyClient, OpenObject, SegmentSink, Sink, StreamOptions
+from ._sinks import (
+    Finished,
+    GCSSink,
+    GzipSink,
+    LazyClient,
+    NameTakenError,
+    OpenObject,
+    SegmentSink,
+    Sink,
+    StreamOptions,
+)
 from .naming import ObjectNameTemplate
 from .rotation import (
     FINISH,
@@ -35,7 +45,7 @@ from .rotation import (
     window_over,
 )
 
-__all__ = ["Shipper", "ShipperConfig"]
+__all__ = ["DeadlineEvent", "Shipper", "ShipperConfig"]
 
 # How many times a taken name (another process got there first) is skipped before giving up.
 _NAME_ATTEMPTS = 100
@@ -69,6 +79,28 @@ class ShipperConfig:
     on_finalize: Callable[[str, int, int], None] | None
 
 
+class DeadlineEvent(threading.Event):
+    """The handler's "give up" signal: set by close() past its timeout, or, for shipping
+    done inline on a closing thread (no other thread can set it then), set by itself once
+    ``deadline`` (monotonic) has passed. Uploads stop retrying at their next wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deadline = math.inf
+
+    def is_set(self) -> bool:
+        return super().is_set() or time.monotonic() >= self.deadline
+
+    def wait(self, timeout: float | None = None) -> bool:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            return True
+        if math.isinf(remaining):
+            return super().wait(timeout)
+        limit = remaining if timeout is None else min(timeout, remaining)
+        return super().wait(limit) or self.is_set()
+
+
 class Shipper:
     """The shipping thread and its finisher, for one handler in one process."""
 
@@ -82,7 +114,7 @@ class Shipper:
         identity: dict[str, Any],
         stream_name: Callable[[], str],
         drop_note: Callable[[int, str], bytes],
-        cancel: threading.Event,
+        cancel: DeadlineEvent,
         uploader: Any = None,
     ) -> None:
         self._config = config
@@ -101,25 +133,39 @@ class Shipper:
         self._finisher: threading.Thread | None = None
         self._floor = -math.inf
         self._seq = 0
+        self._names_lock = threading.Lock()
         self._open_refused_until = 0.0
+        self.inline = False  # no thread could be started: close() ships on its own thread
 
     # -- life cycle (called from the handler's side) -------------------------------------
 
     def start(self) -> None:
+        """Start the shipping thread (and the spool's upload thread). Never raises: from
+        Python 3.12 no thread starts once the interpreter is exiting, so records first
+        logged from an atexit hook are shipped by :meth:`run_inline` at close instead."""
         with self._start_lock:
-            if self._thread is not None:
+            if self._thread is not None or self.inline:
                 return
             thread = threading.Thread(
                 target=self._run, name=f"gcs_log_sink:{self._config.bucket}", daemon=True
             )
+            try:
+                thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                self.inline = True
+                return
             self._thread = thread
-            thread.start()
             if self._uploader is not None:
                 self._uploader.start()
 
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    def run_inline(self, deadline: float) -> None:
+        """Ship on the calling thread (the queue is closed) until done or ``deadline``."""
+        self._cancel.deadline = deadline
+        self._run()
 
     def join(self, timeout: float) -> bool:
         """Wait for the thread to end; whether it did."""
@@ -138,15 +184,13 @@ class Shipper:
         noted_at_close = False
         try:
             while True:
-                queue.wake.clear()
-                queue.consumer_idle = False
                 batch = queue.take(_BATCH_BYTES, _BATCH_RECORDS)
                 if batch:
                     self._write_batch(batch)
                     if len(batch.entries) < _SMALL_BATCH and not queue.has_items():
-                        queue.urgent.wait(_LINGER)  # a trickle: let records gather
+                        queue.linger(_LINGER)  # a trickle: let records gather
                     continue
-                queue.urgent.clear()
+                queue.clear_urgent()
                 self._serve_flushes()
                 self._check_window()
                 if batch.final:  # closed, and nothing left: the last word, then stop
@@ -157,15 +201,11 @@ class Shipper:
                     self._wait_for_finisher()
                     self._serve_flushes()
                     return
-                queue.consumer_idle = True
-                if queue.has_items() or queue.has_flush_requests():
-                    continue
-                if queue.wake.wait(_IDLE_WAIT):
-                    queue.urgent.wait(_LINGER)
+                if queue.wait_for_work(_IDLE_WAIT):
+                    queue.linger(_LINGER)
         except BaseException as exc:  # pragma: no cover - a bug; never take the app down
             self._reporter.report("shipper-crash", f"the shipping thread stopped: {exc!r}")
         finally:
-            queue.consumer_idle = True
             queue.release_all_flushes()
             if self._uploader is not None:
                 self._uploader.spooling_done()
@@ -271,19 +311,8 @@ class Shipper:
         if now < self._open_refused_until:
             return
         config = self._config
-        start = datetime.fromtimestamp(window, timezone.utc)
         for _ in range(_NAME_ATTEMPTS):
-            name = config.template.render(
-                start=start,
-                seq=self._seq,
-                host=config.host,
-                pid=self._identity["pid"],
-                stream=self._stream_name(),
-                instance=self._identity["instance"],
-            )
-            self._seq += 1
-            if config.gzip and not name.endswith(".gz"):
-                name += ".gz"
+            name = self._next_name(window)
             try:
                 sink = self._make_sink(name)
             except errors.PreconditionFailedError:
@@ -307,6 +336,47 @@ class Shipper:
             return
         self._open_refused_until = now + _OPEN_COOLDOWN
         self._reporter.report("names", f"{_NAME_ATTEMPTS} object names in a row were taken")
+
+    def _next_name(self, window: float) -> str:
+        """The next object name of ``window`` (the shipping and the finisher thread ask)."""
+        config = self._config
+        with self._names_lock:
+            seq, self._seq = self._seq, self._seq + 1
+        name = config.template.render(
+            start=datetime.fromtimestamp(window, timezone.utc),
+            seq=seq,
+            host=config.host,
+            pid=self._identity["pid"],
+            stream=self._stream_name(),
+            instance=self._identity["instance"],
+        )
+        return name + ".gz" if config.gzip and not name.endswith(".gz") else name
+
+    def _ship_under_a_free_name(self, window: float, data: bytes) -> Finished:
+        """On the finisher thread: a whole object whose name was taken at its finalize."""
+        config = self._config
+        for _ in range(_NAME_ATTEMPTS):
+            try:
+                stream = config.options.open(
+                    config.bucket,
+                    self._next_name(window),
+                    client=self._client.get(),
+                    cancel=self._cancel,
+                    observer=self._reporter,
+                )
+            except errors.PreconditionFailedError:
+                continue
+            sink = GCSSink(stream)
+            sink.write(data, 0)
+            try:
+                finished = sink.finish(0)
+            except NameTakenError:
+                continue
+            assert finished is not None
+            return finished
+        raise errors.UploadError(
+            f"{_NAME_ATTEMPTS} object names in a row were taken", bucket=config.bucket, name=""
+        )
 
     def _make_sink(self, name: str) -> Sink:
         config = self._config
@@ -357,8 +427,12 @@ class Shipper:
             name=f"gcs_log_sink:{self._config.bucket}:finish",
             daemon=True,
         )
+        try:
+            finisher.start()
+        except RuntimeError:  # the interpreter is exiting (3.12+): finalize right here
+            self._finish_object(current)
+            return
         self._finisher = finisher
-        finisher.start()
 
     def _wait_for_finisher(self) -> None:
         finisher = self._finisher
@@ -371,7 +445,13 @@ class Shipper:
         me = threading.get_ident()
         self.own_threads.add(me)
         try:
-            finished = current.sink.finish(current.records)
+            try:
+                finished = current.sink.finish(current.records)
+            except NameTakenError as taken:
+                self._reporter.report(
+                    "name-taken", f"{taken}; shipping the object under the next free name"
+                )
+                finished = self._ship_under_a_free_name(current.window, taken.data)
         except Exception as exc:
             self._queue.object_done(current.records, 0, "lost", first_created=current.first_created)
             self._reporter.report(type(exc).__name__, f"cannot finalize an object: {exc}")

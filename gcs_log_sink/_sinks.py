@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import errors
 from .spool import Segment, Spool
 from .stream import GCSObjectStream, UploadObserver
 
@@ -20,6 +21,7 @@ __all__ = [
     "GCSSink",
     "GzipSink",
     "LazyClient",
+    "NameTakenError",
     "OpenObject",
     "SegmentSink",
     "Sink",
@@ -73,6 +75,14 @@ class StreamOptions:
         }
 
 
+class NameTakenError(Exception):
+    """A finalize refused because the name was taken meanwhile; ``data`` is the whole object."""
+
+    def __init__(self, data: bytes, cause: errors.PreconditionFailedError) -> None:
+        super().__init__(str(cause))
+        self.data = data
+
+
 @dataclass(frozen=True)
 class Finished:
     """A finalized object, for ``on_finalize``; None from a sink that only seals."""
@@ -118,7 +128,16 @@ class GCSSink:
         self._stream.flush()
 
     def finish(self, records: int) -> Finished | None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except errors.PreconditionFailedError as exc:
+            # GCS checks ifGenerationMatch=0 again when the upload completes: another
+            # writer finalized this name first. While GCS has confirmed none of our bytes,
+            # they are all still held and can go under another name.
+            retained = self._stream._retained_whole()
+            if retained is None:
+                raise
+            raise NameTakenError(retained, exc) from exc
         return Finished(self.name, self._stream.generation or 0, self._stream.size or 0)
 
     def abort(self) -> None:

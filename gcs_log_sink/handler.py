@@ -41,7 +41,7 @@ from ._fastformat import format_record
 from ._lifecycle import bounded, forget, install_process_hooks, register
 from ._queue import RecordQueue
 from ._reporter import HandlerStats, Reporter
-from ._shipper import Shipper, ShipperConfig
+from ._shipper import DeadlineEvent, Shipper, ShipperConfig
 from ._sinks import LazyClient, StreamOptions
 from ._uploader import SpoolUploader
 from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
@@ -60,6 +60,21 @@ def _positive_int(option: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise errors.ConfigurationError(f"{option} must be a positive int, got {value!r}")
     return value
+
+
+def _import_what_the_threads_would() -> None:
+    """Import now, on the configuring thread, what the shipping threads would import lazily.
+
+    A fork while a shipping thread is halfway through an import leaves the child a module
+    lock held by a thread that does not exist there: its first upload hangs. The storage
+    client is made later, off the caller's thread; requests imports ``netrc`` (and through it
+    ``shlex``) at its first request; ``encodings.idna`` encodes a host name.
+    """
+    import encodings.idna  # noqa: F401
+    import netrc  # noqa: F401
+    import shlex  # noqa: F401
+
+    from google.cloud import storage  # noqa: F401
 
 
 class GCSHandler(logging.Handler):
@@ -165,11 +180,7 @@ class GCSHandler(logging.Handler):
             else 0.0
         )
         self._close_timeout = _positive_seconds("close_timeout", close_timeout, zero_ok=True)
-        if client is None:
-            # Import now, on the configuring thread: a fork while a shipping thread is
-            # halfway through this import would leave the child a half-initialized module.
-            # The client itself is made later, off the caller's thread.
-            from google.cloud import storage  # noqa: F401
+        _import_what_the_threads_would()
         self._client = LazyClient(client)
         self._stream_name = stream
         self._clock = clock
@@ -188,10 +199,10 @@ class GCSHandler(logging.Handler):
         """(Re)create everything a process must not share with its parent."""
         self._pid = os.getpid()
         # Two containers may share a hostname and pid 1: names differ by this token.
-        self._instance = secrets.token_hex(3)
+        self._instance = secrets.token_hex(4)
         self._queue = RecordQueue(self._queue_size, self._max_queue_bytes)
         self._reporter = Reporter(f"GCSHandler(gs://{self.bucket})")
-        self._cancel = threading.Event()
+        self._cancel = DeadlineEvent()
         self._uploader: SpoolUploader | None = None
         own_threads: set[int] = set()
         if self._spool_root is not None:
@@ -322,6 +333,7 @@ class GCSHandler(logging.Handler):
             last_error=reporter.last_error,
             lag_seconds=0.0 if oldest is None else max(0.0, self._clock() - oldest),
             spool_bytes=self._uploader.spool_bytes() if self._uploader is not None else 0,
+            notes=ledger.notes,
         )
 
     def flush(self) -> None:
@@ -362,7 +374,11 @@ class GCSHandler(logging.Handler):
 
     def _finish_close(self, deadline: float) -> None:
         if os.getpid() == self._pid:
-            if not self._shipper.join(deadline - time.monotonic()):
+            if self._shipper.inline:  # no thread could start: ship here, bounded
+                self._shipper.run_inline(deadline)
+                if self._queue.unsettled:
+                    self._give_up()
+            elif not self._shipper.join(deadline - time.monotonic()):
                 self._give_up()
             uploader = self._uploader
             if uploader is not None and not uploader.join(deadline - time.monotonic()):

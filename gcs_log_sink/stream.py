@@ -301,6 +301,14 @@ class GCSObjectStream(io.BufferedIOBase):
                 )
                 super().close()
 
+    def _retained_whole(self) -> bytes | None:
+        """Every byte written, while GCS has confirmed none of them (all are still held):
+        what a writer can send again under another name when the finalize was refused."""
+        with self._lock:
+            if self._buffer.confirmed != 0:
+                return None
+            return bytes(self._buffer.peek(self._buffer.pending))
+
     def tell(self) -> int:
         """Bytes written so far."""
         return self._buffer.end
