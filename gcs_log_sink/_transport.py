@@ -246,9 +246,9 @@ class Transport:
         now = time.monotonic()
         deadline = self.deadline(request, now, not_after)
         seconds = max(deadline - now, 0.001)
-        watch = _watched(seconds) if self._watched else contextlib.nullcontext()
+        watch = _watched(seconds) if self._watched else contextlib.nullcontext(None)
         try:
-            with watch:
+            with watch as watching:
                 response = self._session.request(
                     request.method,
                     request.url,
@@ -267,6 +267,8 @@ class Transport:
         ) as exc:
             raise InvalidRequestError(type(exc).__name__) from None
         except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
+            if watching is not None and watching.expired:
+                raise TransportError(f"no answer in {seconds:.1f} s (request deadline)") from None
             # No chaining of the original: its message holds the session URL.
             raise TransportError(type(exc).__name__) from None
         except google.auth.exceptions.GoogleAuthError as exc:
@@ -274,5 +276,7 @@ class Transport:
             raise CredentialsError(redact(str(exc))) from None
         except (OSError, http.client.HTTPException) as exc:
             # The watchdog's shutdown can surface below requests' own exception mapping.
+            if watching is not None and watching.expired:
+                raise TransportError(f"no answer in {seconds:.1f} s (request deadline)") from None
             raise TransportError(type(exc).__name__) from None
         return Answer(response.status_code, response.headers, body)

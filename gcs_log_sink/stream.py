@@ -11,6 +11,7 @@ there. Never resend blindly: a resent chunk at a stale offset is how duplicates 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -181,6 +182,7 @@ class GCSObjectStream(io.BufferedIOBase):
         self._result: Finalized | None = None
         self._buffer = ChunkBuffer()
         self._resumed_at = 0
+        self._wire_error = "connection failed"  # why the last request got no answer
         self._spool: Spool | None = None
         self._segment: Segment | None = None
         if not isinstance(bucket, str) and hasattr(bucket, "name"):
@@ -242,7 +244,7 @@ class GCSObjectStream(io.BufferedIOBase):
         while True:
             answer = self._send(status_request(self._session_url), attempt)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 continue
             verdict = classify_status(answer.status)
             if verdict is Verdict.RETRY:
@@ -422,7 +424,7 @@ class GCSObjectStream(io.BufferedIOBase):
         while True:
             answer = self._send(request)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 continue
             if answer.status in (200, 201):
                 session_url = parse_session_url(answer.headers)
@@ -464,7 +466,7 @@ class GCSObjectStream(io.BufferedIOBase):
             before = self._buffer.confirmed
             answer = self._send(request, attempt)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 asking = True
                 continue
             verdict = classify_status(answer.status)
@@ -529,7 +531,11 @@ class GCSObjectStream(io.BufferedIOBase):
                 None,
             )
         self._verify(outcome)
-        self._result = outcome
+        # Verified: the object holds exactly what was written, so report that even where
+        # the answer left a zero field out.
+        self._result = dataclasses.replace(
+            outcome, size=self._buffer.end, crc32c=crc32c_base64(self._buffer.crc32c)
+        )
 
     def _fetch_object(self, generation: int | None) -> Finalized:
         """The object's metadata, asked of GCS (a GET, under ifGenerationMatch when known).
@@ -545,7 +551,7 @@ class GCSObjectStream(io.BufferedIOBase):
         while True:
             answer = self._send(request, attempt)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 continue
             if answer.status == 200:
                 try:
@@ -600,7 +606,8 @@ class GCSObjectStream(io.BufferedIOBase):
             not_after = attempt.started + self._policy.deadline
         try:
             return self._transport.send(request, not_after=not_after)
-        except TransportError:
+        except TransportError as exc:
+            self._wire_error = f"connection failed: {exc}"
             return None
         except InvalidRequestError as exc:
             failure = errors.ConfigurationError(
