@@ -208,3 +208,30 @@ def test_with_block_and_close_still_finalize_after_the_gc_change(
     gc.collect()
     assert b"with\n" == read_object(client, bucket, "with.log")
     assert b"close\n" == read_object(client, bucket, "close.log")
+
+
+@pytest.mark.parametrize("kind", ["not_json", "cut_body", "no_size"])
+def test_resuming_a_finalized_session_whose_answer_is_unreadable(
+    proxy: FaultProxy, proxied: Any, client: Any, bucket: str, kind: str
+) -> None:
+    """Recovery resumes a session that finalized before the crash; the status query's 200 is
+    unreadable or sizeless: the object's metadata gives the size recovery compares."""
+    data = os.urandom(4000)
+    first = _stream(proxied, bucket, "resumed.log")
+    first.write(data)
+    first.close()
+    proxy.script([kind], match=is_status_query)
+    again = GCSObjectStream(
+        bucket,
+        "resumed.log",
+        client=proxied,
+        timeout=2.0,
+        _resume=(first._session_url, lambda offset: 0),
+    )
+    again.close()
+    assert [kind] == [event.kind for event in proxy.faults()]
+    assert _is_object_get(
+        ProxiedRequest(proxy.events[-1].method, proxy.events[-1].path, "", (), b"")
+    )
+    assert (len(data), len(data)) == (again.resumed_at, again.size)
+    assert data == read_object(client, bucket, "resumed.log")
