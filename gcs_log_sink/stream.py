@@ -15,6 +15,7 @@ import dataclasses
 import io
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -258,12 +259,12 @@ class GCSObjectStream(io.BufferedIOBase):
                 if answer.status == 308:
                     self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
                 # Finalized before the crash, but the answer is unreadable: ask the object.
-                outcome = self._fetch_object(None)
+                outcome = self._fetch_object(None, attempt)
             if isinstance(outcome, Finalized):
                 # Finalized before the crash: nothing left to send. The size is what the
                 # caller (recovery) compares with its spool, so it must be known.
                 if outcome.size is None:
-                    outcome = self._fetch_object(outcome.generation)
+                    outcome = self._fetch_object(outcome.generation, attempt)
                 self._result = outcome
                 self._resumed_at = self._known_size(outcome)
                 return
@@ -356,8 +357,13 @@ class GCSObjectStream(io.BufferedIOBase):
         session (a short, bounded try: a finalizer must not hang) and releases the spool.
         """
         try:
-            if not self.closed:
-                self._abort(time.monotonic() + _ABANDON_SECONDS)
+            if self.closed:
+                return
+            if sys.is_finalizing() or self._cancel.is_set():
+                # At exit, or the owner already gave up on GCS: no request at all (an
+                # unfinalized session is invisible and expires by itself).
+                self._opened = False
+            self._abort(time.monotonic() + _ABANDON_SECONDS)
         except Exception:  # noqa: S110 - a finalizer must not raise; the session expires
             pass
 
@@ -487,7 +493,7 @@ class GCSObjectStream(io.BufferedIOBase):
                 # lost answer. The session's status query answers with the object; if that
                 # is unreadable too, the object's own metadata says what it holds.
                 if asking:
-                    self._finish(self._fetch_object(None))
+                    self._finish(self._fetch_object(None, attempt))
                     return
                 asking = True
                 continue
@@ -508,7 +514,7 @@ class GCSObjectStream(io.BufferedIOBase):
                 if not asking:
                     asking = True
                     continue
-                outcome = self._fetch_object(outcome.generation)
+                outcome = self._fetch_object(outcome.generation, attempt)
             self._finish(outcome)
             return
 
@@ -537,7 +543,7 @@ class GCSObjectStream(io.BufferedIOBase):
             outcome, size=self._buffer.end, crc32c=crc32c_base64(self._buffer.crc32c)
         )
 
-    def _fetch_object(self, generation: int | None) -> Finalized:
+    def _fetch_object(self, generation: int | None, attempt: Attempt | None) -> Finalized:
         """The object's metadata, asked of GCS (a GET, under ifGenerationMatch when known).
 
         For when the final answer was lost or unreadable twice. Retried like any request
@@ -547,7 +553,6 @@ class GCSObjectStream(io.BufferedIOBase):
         request = object_request(
             self._endpoint, self.bucket, self.name, generation=generation, user_agent=user_agent()
         )
-        attempt: Attempt | None = None
         while True:
             answer = self._send(request, attempt)
             if answer is None:

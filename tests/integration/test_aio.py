@@ -152,3 +152,20 @@ def test_fastapi_maps_errors_to_statuses(client: Any, bucket: str, app_url: str)
     assert 400 == bad.status_code
     assert "control character" in bad.json()["detail"]
     assert b"first" == read_object(client, bucket, "kept")
+
+
+def test_an_async_stream_dropped_unfinished_is_aborted(gcs: Any, bucket: str) -> None:
+    """Opened, written, never closed, garbage-collected: no (truncated) object appears."""
+    import gc
+
+    client = gcs.client()
+
+    async def run() -> None:
+        out = await AsyncGCSObjectStream(
+            bucket, "dropped.bin", client=client, chunk_size=UNIT
+        ).open()
+        await out.write(os.urandom(UNIT + 10))
+
+    asyncio.run(run())
+    gc.collect()
+    assert not client.bucket(bucket).blob("dropped.bin").exists()
