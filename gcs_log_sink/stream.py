@@ -128,7 +128,7 @@ def default_client() -> Any:
     from google.cloud import storage
 
     emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-    if emulator is not None:
+    if emulator:  # set but empty is unset, for google-cloud-storage too
         validate_endpoint(emulator, "STORAGE_EMULATOR_HOST")
     client = storage.Client()
     validate_endpoint(getattr(client, "api_endpoint", None), "the storage client's api_endpoint")
