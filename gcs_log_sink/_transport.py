@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import socket
 import threading
 import time
@@ -178,6 +179,16 @@ class _WatchedAdapter(requests.adapters.HTTPAdapter):
 # One private session per client session: connections are pooled across streams.
 _SESSIONS: weakref.WeakKeyDictionary[Any, requests.Session] = weakref.WeakKeyDictionary()
 _SESSIONS_LOCK = threading.Lock()
+
+
+def _forget_sessions() -> None:
+    """In a forked child: never reuse the parent's pooled connections (shared sockets)."""
+    global _SESSIONS_LOCK
+    _SESSIONS_LOCK = threading.Lock()  # the parent may have held it while forking
+    _SESSIONS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_sessions)
 
 
 def _watched_session(http: Any) -> tuple[Any, bool]:

@@ -265,3 +265,24 @@ def test_a_bucket_gcs_refuses_fails_at_once(proxy: Any, proxied: Any) -> None:
         GCSObjectStream("refused-by-gcs", "x", client=proxied, retry_deadline=60)
     assert time.monotonic() - started < 2
     assert 1 == len(proxy.events)
+
+
+def test_a_forked_child_opens_connections_of_its_own(client: Any, bucket: str) -> None:
+    """The transport's session cache is dropped in a forked child: no socket shared with the
+    parent, whose streams go on; both objects arrive."""
+    with GCSObjectStream(bucket, "parent-1", client=client) as out:
+        out.write(b"before the fork")
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if its own upload succeeded
+        try:
+            with GCSObjectStream(bucket, "child", client=client) as child:
+                child.write(b"from the child")
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    with GCSObjectStream(bucket, "parent-2", client=client) as out:
+        out.write(b"after the fork")
+    _, status = os.waitpid(pid, 0)
+    assert 0 == os.waitstatus_to_exitcode(status)
+    assert b"from the child" == read_object(client, bucket, "child")
+    assert b"after the fork" == read_object(client, bucket, "parent-2")
