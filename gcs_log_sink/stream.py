@@ -359,7 +359,8 @@ class GCSObjectStream(io.BufferedIOBase):
         try:
             if self.closed:
                 return
-            if sys.is_finalizing() or self._cancel.is_set():
+            cancel = getattr(self, "_cancel", None)  # None: the constructor raised early
+            if sys.is_finalizing() or cancel is None or cancel.is_set():
                 # At exit, or the owner already gave up on GCS: no request at all (an
                 # unfinalized session is invisible and expires by itself).
                 self._opened = False
