@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._secrets import redact
+
 __all__ = ["OUTAGE_REPORT_INTERVAL", "HandlerStats", "Reporter"]
 
 # Flapping connectivity must not turn stderr into a log of its own.
@@ -45,9 +47,9 @@ class Reporter:
         self._last_announcement = -OUTAGE_REPORT_INTERVAL
 
     def say(self, message: str) -> None:
-        """One line on stderr, whatever it is; never raises."""
+        """One line on stderr, whatever it is, secrets redacted; never raises."""
         try:
-            sys.stderr.write(f"gcs_log_sink: {self._label}: {message}\n")
+            sys.stderr.write(f"gcs_log_sink: {self._label}: {redact(message)}\n")
             sys.stderr.flush()
         except Exception:  # noqa: S110 - stderr itself is gone: nothing left to tell
             pass
@@ -56,7 +58,7 @@ class Reporter:
         """Say ``message`` the first time this ``kind`` happens; remember it as the last error."""
         with self._lock:
             if error:
-                self.last_error = message
+                self.last_error = redact(message)
             if kind in self._said or (self.silenced and kind != "close-timeout"):
                 return
             self._said.add(kind)
@@ -69,7 +71,7 @@ class Reporter:
         announce = False
         with self._lock:
             self.retries += 1
-            self.last_error = f"retrying: {reason}"
+            self.last_error = redact(f"retrying: {reason}")
             if self._outage_since is None:
                 self._outage_since = now
                 self._outage_retries = 0
