@@ -443,8 +443,12 @@ class Spool:
         recovery then ends an unfinished one so that it decompresses completely.
         """
         with self._create_lock:
-            segment_id = self._next_id
-            self._next_id += 1
+            while True:  # never over a file already there, whoever put it
+                segment_id = self._next_id
+                self._next_id += 1
+                base = os.path.join(self.directory, f"{segment_id:010d}")
+                if not (os.path.lexists(f"{base}.json") or os.path.lexists(f"{base}.seg")):
+                    break
         state: dict[str, Any] = {"bucket": bucket, "name": name, "sealed": False}
         if compression is not None:
             state["compression"] = compression
