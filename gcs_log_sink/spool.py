@@ -102,10 +102,19 @@ def _write_private(path: str, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+        _fsync_directory(os.path.dirname(path))  # the rename itself survives a power loss
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)  # our own temp file: no one else's debris
         raise
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def validate_state(state: Any) -> str | None:
@@ -254,6 +263,8 @@ class Segment:
         if self._fd is None:
             self._fd = os.open(self.data_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             self._end = os.fstat(self._fd).st_size
+            if not self._end:
+                _fsync_directory(self.directory)  # the new file's name survives a power loss
         elif os.fstat(self._fd).st_nlink == 0 and not self._removed:
             self._relink()  # our data file was deleted under us: put it back
         assert self._end is not None
@@ -289,6 +300,7 @@ class Segment:
                 _write_all(fd, block)
                 position += len(block)
             os.fsync(fd)
+            _fsync_directory(self.directory)
         except BaseException:
             os.close(fd)
             raise
