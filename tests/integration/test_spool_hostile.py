@@ -506,3 +506,66 @@ def test_recover_reports_objects_bytes_and_lines(
     assert 0 == result.returncode, result.stderr
     assert f"recovered 1 objects ({len(chunk)} bytes, 5 lines)" in result.stderr
     assert chunk == object_bytes(client, bucket, "build/parts/00000.log")
+
+
+# -- handler-side fixes the lead applies after merging (see the issue-10 report) --------------
+
+LEAD = "handler-side fix (lead, issue 10 report); run after merging it"
+
+
+@pytest.mark.skip(reason=f"{LEAD}: GCSHandler._run must drain its queue before it stops")
+@pytest.mark.parametrize("run", range(6))
+def test_close_right_after_a_window_end_ships_the_queue(client: Any, bucket: str, run: int) -> None:
+    """close() while the worker is finishing an ended window: every queued record still ships.
+
+    Breaks when the worker, having taken an empty batch, blocks in the window-end finish,
+    then sees _stopping and returns with the records queued meanwhile: they are neither
+    shipped nor counted (half of the runs shipped 1,201 of 1,500, lost=0, dropped=0).
+    """
+    handler = GCSHandler(
+        bucket, client=client, rotate_seconds=1, clock=lambda: time.time() * 20,
+        max_bytes=5_500, chunk_size=256 * 1024, close_timeout=60,
+    )  # fmt: skip
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(1_500):
+        handler.emit(logging.makeLogRecord({"msg": RECORD.format(i)}))
+        if i % 300 == 0:
+            handler.flush()
+    handler.close()
+    assert list(range(1_500)) == numbers(client, bucket)
+
+
+@pytest.mark.skip(reason=f"{LEAD}: on_finalize must not be called for a dead process's leftovers")
+def test_a_killed_runs_leftovers_never_become_parts_of_the_next_build(
+    gcs: LocalGCS, client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """run --spool-dir killed mid-build, then a new build on the same spool: build.log is its own.
+
+    Breaks when the new build's handler reports the old build's leftovers through
+    on_finalize: they became parts of the new build.log and the command exited 1.
+    """
+    spool = tmp_path / "spool"
+    env = emulator_env(gcs.url)
+    old = subprocess.Popen(
+        [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
+         "--part-seconds", "3600", f"gs://{bucket}/b1", "--",
+         sys.executable, "-c", "print('old 1'); print('old 2', flush=True); "
+         "import time; time.sleep(60)"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert old.stdout is not None
+    assert "old 1\n" == old.stdout.readline()
+    assert "old 2\n" == old.stdout.readline()
+    time.sleep(0.5)  # the tee thread has spooled and flushed them
+    old.kill()
+    old.wait()
+    old.stdout.close()
+    new = subprocess.run(
+        [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
+         f"gs://{bucket}/b2", "--", sys.executable, "-c", "print('new')"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert 0 == new.returncode, new.stderr
+    assert b"new\n" == object_bytes(client, bucket, "b2/build.log")
+    old_parts = [blob.name for blob in client.list_blobs(bucket, prefix="b1/")]
+    assert b"old 1\nold 2\n" == b"".join(object_bytes(client, bucket, n) for n in old_parts)
