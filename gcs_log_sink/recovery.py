@@ -32,7 +32,7 @@ import google_crc32c
 from . import errors
 from ._chunks import crc32c_base64
 from ._gzipend import GzipCut, GzipEnd
-from ._protocol import Finalized, chunk_request, parse_upload_answer
+from ._protocol import Finalized, chunk_request, parse_upload_answer, redact
 from ._transport import CredentialsError, Transport, TransportError
 from .spool import Frame, Segment, SpoolCorruptError, dead_spools
 from .stream import GCSObjectStream
@@ -217,7 +217,18 @@ def ship_segment(
             report("bad-state", message)
             return 0
         shipment = _Shipment(segment, client, options, report, wait_for_more, tally, on_lost)
-        return shipment.run()
+        try:
+            return shipment.run()
+        except (errors.UploadError, OSError):
+            raise
+        except Exception as exc:  # a bug or a surprise: keep the segment, go on with the next
+            message = (
+                f"spool segment {segment.data_path} was not shipped (kept for the next start): "
+                f"unexpected {type(exc).__name__}: {redact(str(exc))}"
+            )
+            tally.bad.append(message)
+            report("ship-error", message)
+            return 0
 
 
 class _Shipment:
@@ -241,6 +252,7 @@ class _Shipment:
         self.tally = tally
         self.on_lost = on_lost
         self.stream: GCSObjectStream | None = None
+        self.scan: _Scan | None = None  # the frames read, once they are
 
     # -- the outline --------------------------------------------------------------------
 
@@ -260,7 +272,7 @@ class _Shipment:
             # A leftover (or a sealed segment tried again): every frame is on disk. Decide
             # where the object ends before a byte is sent, so nothing past a damaged frame or
             # a gzip stream's end goes out.
-            scan = _Scan(segment)
+            scan = self.scan = _Scan(segment)
             for frame in scan.frames(0):
                 scan.add(frame)
             plan = scan.plan()
@@ -351,7 +363,7 @@ class _Shipment:
         assert self.stream is not None
         assert self.wait_for_more is not None
         segment = self.segment
-        scan = _Scan(segment)
+        scan = self.scan = _Scan(segment)
         last_pass = False
         while True:
             progressed = False
@@ -471,7 +483,7 @@ class _Shipment:
         segment = self.segment
         if plan is None or held is None:
             # A live segment whose frames are damaged below what GCS holds: read it all.
-            scan = _Scan(segment)
+            scan = self.scan = _Scan(segment)
             for frame in scan.frames(0):
                 scan.add(frame)
             plan = scan.plan()
@@ -523,9 +535,9 @@ class _Shipment:
     def _nothing_to_ship(self, scan: _Scan, plan: _Plan) -> int:
         """No usable byte: no empty object is made; say what was lost."""
         segment = self.segment
-        spooled = max(int(segment.state.get("records", 0)), scan.records)
-        if spooled or scan.damage is not None or scan.size:
-            self._bad(f"nothing in it could be shipped ({plan.why_short or 'no data'})", spooled)
+        lost = self._lost_records(0)
+        if lost or scan.damage is not None or scan.size:
+            self._bad(f"nothing in it could be shipped ({plan.why_short or 'no data'})", lost)
         segment.remove()
         return 0
 
@@ -536,7 +548,7 @@ class _Shipment:
         self.tally.records += plan.records
         self.tally.lines += plan.lines
         if plan.why_short is not None:
-            lost = max(int(segment.state.get("records", 0)) - plan.records, 0)
+            lost = self._lost_records(plan.records)
             self._bad(
                 f"shipped {plan.records} records ({plan.total} bytes) as {segment.name}, "
                 f"the rest could not be: {plan.why_short}",
@@ -544,8 +556,21 @@ class _Shipment:
             )
         segment.remove()
 
+    def _lost_records(self, shipped: int) -> int:
+        """Records spooled but not shipped: counted in the frames where they can be.
+
+        Records whose frame the disk refused were never spooled (the writer counted those);
+        only when the data file itself is gone, or damaged, does the writer's own count at
+        sealing (``records`` in the state) say how many were in it.
+        """
+        scan = self.scan
+        spooled = scan.records if scan is not None else 0
+        if scan is None or scan.damage is not None or not self.segment.has_data():
+            spooled = max(spooled, int(self.segment.state.get("records", 0)))
+        return max(spooled - shipped, 0)
+
     def _bad(self, why: str, lost: int = 0) -> None:
-        message = f"spool segment {self.segment.data_path}: {why}"
+        message = redact(f"spool segment {self.segment.data_path}: {why}")
         self.tally.bad.append(message)
         self.tally.lost_records += lost
         if lost and self.on_lost is not None:
@@ -650,7 +675,9 @@ def recover_spools(root: str, *, client: Any, report: Report, options: dict[str,
                         segment, client=client, options=options, report=report, tally=tally
                     )
                 except (errors.UploadError, OSError) as exc:
-                    message = f"spool segment {segment.data_path} was not shipped: {exc}"
+                    message = (
+                        f"spool segment {segment.data_path} was not shipped: {redact(str(exc))}"
+                    )
                     tally.bad.append(message)
                     report(type(exc).__name__, message)
     return tally
