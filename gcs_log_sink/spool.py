@@ -247,9 +247,11 @@ class Segment:
             try:
                 _write_private(self.state_path, data)
             except FileNotFoundError:
-                # The directory was removed under us (a temp cleaner): make it again.
-                if self._spool is None or not self._spool.recreate():
+                # The directory was removed under us (a temp cleaner): make it again (another
+                # thread may have just done so) and try once more.
+                if self._spool is None:
                     raise
+                self._spool.recreate()
                 _write_private(self.state_path, data)
 
     def write(self, payload: bytes, records: int) -> None:
