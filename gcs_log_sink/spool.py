@@ -243,7 +243,9 @@ class Segment:
         with self._save_lock:
             if self._removed:
                 return  # shipped and removed (the seal raced the uploader): nothing to keep
-            data = json.dumps(self.state).encode()
+            # A snapshot: the writer (sealing) and the uploader (naming the session) both
+            # change the state; the copy is taken at once, under the GIL.
+            data = json.dumps(dict(self.state)).encode()
             try:
                 _write_private(self.state_path, data)
             except FileNotFoundError:
@@ -467,6 +469,7 @@ class Spool:
         if compression is not None:
             state["compression"] = compression
         segment = Segment(self.directory, segment_id, state, spool=self)
+        segment._end = 0  # written by this process: readers wait for whole frames from here
         segment.save()
         return segment
 
