@@ -537,7 +537,10 @@ class _Shipment:
         segment = self.segment
         lost = self._lost_records(0)
         if lost or scan.damage is not None or scan.size:
-            self._bad(f"nothing in it could be shipped ({plan.why_short or 'no data'})", lost)
+            why = plan.why_short or (
+                "its data file is gone" if not segment.has_data() else "it holds no frame"
+            )
+            self._bad(f"nothing in it could be shipped ({why})", lost)
         segment.remove()
         return 0
 
@@ -570,7 +573,8 @@ class _Shipment:
         return max(spooled - shipped, 0)
 
     def _bad(self, why: str, lost: int = 0) -> None:
-        message = redact(f"spool segment {self.segment.data_path}: {why}")
+        lost_note = f"; {lost} records lost" if lost else ""
+        message = redact(f"spool segment {self.segment.data_path}: {why}{lost_note}")
         self.tally.bad.append(message)
         self.tally.lost_records += lost
         if lost and self.on_lost is not None:
