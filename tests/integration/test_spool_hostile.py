@@ -651,3 +651,52 @@ def test_segments_deleted_before_upload_are_counted_lost(
     assert shipped == sorted(set(shipped))
     assert 2_000 == len(shipped) + handler.lost
     assert shipped[-1000:] == list(range(1_000, 2_000))  # everything after the deletion
+
+
+GZIP_CHILD = """
+    import logging, random, sys
+    from gcs_log_sink import GCSHandler
+    handler = GCSHandler(sys.argv[1], spool_dir=sys.argv[2], compression="gzip",
+                         chunk_size=256 * 1024, max_bytes=400_000, timeout=2.0)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    rng = random.Random(5)
+    for i in range(100_000):
+        handler.emit(logging.makeLogRecord(
+            {"msg": f"rec {i:06d} {'r' * 60} {rng.getrandbits(64):016x}"}))
+        if (i + 1) % 1000 == 0:
+            handler.flush()
+            print(f"flushed {i + 1}", flush=True)
+    """
+
+
+@pytest.mark.parametrize("kill_after", [3, 11])
+def test_a_killed_gzip_handler_leaves_objects_that_decompress(
+    gcs: LocalGCS, client: Any, bucket: str, tmp_path: Path, kill_after: int
+) -> None:
+    """SIGKILL a gzip handler mid-object; after recover, every object passes `gzip -t`.
+
+    Breaks when an unsealed gzip segment is shipped as it is (no final block, no trailer).
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(GZIP_CHILD), bucket, str(tmp_path)],
+        env=emulator_env(gcs.url), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert child.stdout is not None
+    flushed = 0
+    for line in child.stdout:
+        flushed = int(line.split()[1])
+        if flushed >= kill_after * 1000:
+            break
+    child.kill()
+    child.wait()
+    child.stdout.close()
+    result = recover_command(gcs.url, tmp_path)
+    assert "Traceback" not in result.stderr
+    blobs = sorted(client.list_blobs(bucket), key=lambda blob: blob.name)
+    for blob in blobs:
+        gzip_test_passes(object_bytes(client, bucket, blob.name))
+    text = b"".join(gzip.decompress(object_bytes(client, bucket, b.name)) for b in blobs)
+    shipped = [int(n) for n in re.findall(rb"^rec (\d{6}) ", text, re.MULTILINE)]
+    assert list(range(len(shipped))) == shipped  # in order, none twice, no gap
+    assert flushed <= len(shipped)  # every flushed record
+    assert [] == spooled_files(tmp_path)
