@@ -253,11 +253,18 @@ class RecordQueue:
             self._lost += lost
 
     def object_done(
-        self, records: int, size: int, outcome: str, *, first_created: float | None
+        self,
+        records: int,
+        size: int,
+        outcome: str,
+        *,
+        first_created: float | None,
+        whole: bool = True,
     ) -> None:
         """An object (or spooled segment) holding ``records`` records is finished:
         ``outcome`` is ``"shipped"`` (finalized in GCS), ``"lost"`` (given up on) or
-        ``"dropped"`` (a full spool made room by deleting it)."""
+        ``"dropped"`` (a full spool made room by deleting it). ``whole=False``: only part
+        of an object's records (the rest is told in another call)."""
         with self._lock:
             self._open_records -= records
             if first_created is not None and first_created in self._open_oldest:
@@ -265,7 +272,7 @@ class RecordQueue:
             if outcome == "shipped":
                 self._shipped_records += records
                 self._shipped_bytes += size
-                self._shipped_objects += 1
+                self._shipped_objects += 1 if whole else 0
             elif outcome == "dropped":
                 self._drop_many(records, DropReason.SPOOL_FULL)
             else:

@@ -275,6 +275,10 @@ class Shipper:
         except OSError as exc:  # the spool's disk
             self._reporter.report("spool", f"cannot write the spool: {exc}")
             queue.settle(count, lost=count)
+            if self._config.gzip:
+                # The compressor took bytes the segment did not: end this gzip stream here
+                # (at its last whole frame) and go on in a new object.
+                self._finish_current()
             return
         except errors.UploadError as exc:
             queue.settle(count, lost=count)
@@ -382,7 +386,7 @@ class Shipper:
         config = self._config
         if self._uploader is not None:
             self._uploader.make_room()
-            return SegmentSink(self._uploader.spool, config.bucket, name)
+            return SegmentSink(self._uploader.spool, config.bucket, name, gzip=config.gzip)
         stream = config.options.open(
             config.bucket,
             name,
@@ -488,6 +492,8 @@ class Shipper:
                 self._fail_current(exc)
             except OSError as exc:
                 self._reporter.report("spool", f"cannot sync the spool: {exc}")
+                if self._config.gzip:
+                    self._finish_current()  # as in _write: the gzip stream ends here
         self._wait_for_finisher()  # records of the object being finalized count too
         for request in ready:
             request.done.set()

@@ -149,8 +149,9 @@ class SegmentSink:
 
     finishes_remotely = False
 
-    def __init__(self, spool: Spool, bucket: str, name: str) -> None:
-        self.segment: Segment = spool.create(bucket, name)
+    def __init__(self, spool: Spool, bucket: str, name: str, *, gzip: bool) -> None:
+        # With gzip, recovery can end an unfinished stream so that it decompresses.
+        self.segment: Segment = spool.create(bucket, name, compression="gzip" if gzip else None)
         self.name = name
 
     def write(self, data: bytes, records: int) -> None:
@@ -190,7 +191,13 @@ class GzipSink:
         self.inner.flush()
 
     def finish(self, records: int) -> Finished | None:
-        self.inner.write(self._compressor.flush(zlib.Z_FINISH), 0)
+        try:
+            self.inner.write(self._compressor.flush(zlib.Z_FINISH), 0)
+        except OSError:
+            # The spool's disk failed the gzip end: the segment is still sealed (recovery
+            # ends the stream at its last sync flush), else it would wait for more forever.
+            self.inner.finish(records)
+            raise
         return self.inner.finish(records)
 
     def abort(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import errors
@@ -151,7 +152,8 @@ class SpoolUploader:
                     if not self._pending:
                         return
                     obj = self._pending[0]
-                records = self._ship(_segment(obj), wait=True)
+                lost: list[int] = []
+                records = self._ship(_segment(obj), wait=True, on_lost=lost.append)
                 with self._changed:
                     if self._pending and self._pending[0] is obj:
                         self._pending.popleft()
@@ -160,8 +162,11 @@ class SpoolUploader:
                 if records is None:
                     self._queue.object_done(obj.records, 0, "lost", first_created=obj.first_created)
                     continue
+                gone = min(sum(lost), obj.records)
+                if gone:
+                    self._queue.object_done(gone, 0, "lost", first_created=None, whole=False)
                 self._queue.object_done(
-                    obj.records, obj.size, "shipped", first_created=obj.first_created
+                    obj.records - gone, obj.size, "shipped", first_created=obj.first_created
                 )
                 if self._on_finalize is not None and records:
                     try:
@@ -173,8 +178,13 @@ class SpoolUploader:
         finally:
             self._own_threads.discard(me)
 
-    def _ship(self, segment: Segment, *, wait: bool) -> int | None:
-        """Upload one segment until done; records shipped, or None if it was given up."""
+    def _ship(
+        self, segment: Segment, *, wait: bool, on_lost: Callable[[int], None] | None = None
+    ) -> int | None:
+        """Upload one segment until done; records shipped, or None if it was given up.
+
+        ``on_lost(n)``: records that were spooled but cannot be shipped (damage, a deleted
+        file)."""
 
         def wait_for_more() -> bool:
             with self._changed:
@@ -191,6 +201,7 @@ class SpoolUploader:
                     options=options,
                     report=self._reporter.report,
                     wait_for_more=wait_for_more if wait else None,
+                    on_lost=on_lost,
                 )
             except errors.IntegrityError as exc:
                 # Retrying cannot change what GCS holds: keep the segment, report, go on.

@@ -130,7 +130,7 @@ def _cat(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from .recovery import recover_all
+    from .recovery import recover_spools
 
     problems: list[str] = []
 
@@ -140,14 +140,24 @@ def _recover(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.spool_dir):
         raise CLIError(f"{args.spool_dir}: no such spool directory", EXIT_USAGE)
-    shipped = recover_all(
+    # Every segment is tried: one that fails is named (through report) and the rest go on.
+    tally = recover_spools(
         args.spool_dir,
         client=_client(),
         report=report,
         options={"timeout": 60.0, "retry_deadline": 300.0},
     )
-    print(f"gcs-log-sink: recovered {shipped} records from {args.spool_dir}", file=sys.stderr)
-    return EXIT_FAILURE if problems else 0
+    print(
+        f"gcs-log-sink: recovered {tally.objects} objects ({tally.bytes} bytes, "
+        f"{tally.lines} lines) from {args.spool_dir}",
+        file=sys.stderr,
+    )
+    if tally.bad:
+        print(
+            f"gcs-log-sink: {len(tally.bad)} spool segments were not shipped whole (see above)",
+            file=sys.stderr,
+        )
+    return EXIT_FAILURE if problems or tally.bad else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

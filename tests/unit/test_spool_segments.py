@@ -78,3 +78,81 @@ def test_one_live_process_per_directory(tmp_path: Path) -> None:
         Spool(str(tmp_path), "s")
     first.release()
     Spool(str(tmp_path), "s").release()
+
+
+def test_listing_segments_deletes_nothing(tmp_path: Path) -> None:
+    """A live process's listing leaves every file alone: another thread may be mid-save.
+
+    Breaks when segments() cleans "debris": it used to delete the upload thread's in-flight
+    state file, so the session URL was never saved and the segment never shipped.
+    """
+    spool = Spool(str(tmp_path), "s")
+    segment = spool.create("bucket-a", "obj")
+    in_flight = Path(segment.state_path + ".999.1.tmp")
+    in_flight.write_bytes(b"{")
+    stray = tmp_path / "s" / "0000000007.seg"
+    stray.write_bytes(b"")
+    assert ["obj"] == [found.name for found in spool.segments()]
+    assert in_flight.exists()
+    assert stray.exists()
+    spool.release()
+    Spool(str(tmp_path), "s").release()  # the next start, under the lock: now it is debris
+    assert not in_flight.exists()
+    assert not stray.exists()
+
+
+def test_a_failed_write_is_cut_back_and_later_frames_stay_readable(tmp_path: Path) -> None:
+    """A write cut short (file-size limit, as on a full disk) leaves no torn frame behind."""
+    import resource
+    import signal
+
+    spool = Spool(str(tmp_path), "s")
+    segment = spool.create("bucket-a", "obj")
+    segment.write(b"a" * 1000, 1)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1500, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            segment.write(b"b" * 1000, 1)  # 500 bytes fit: a short write, then EFBIG
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    segment.write(b"c" * 1000, 1)  # space is back
+    assert [b"a" * 1000, b"c" * 1000] == [frame.payload for frame in segment.frames()]
+    assert 1014 == segment.state["failed_at"]
+    spool.release()
+
+
+def test_a_state_that_is_not_ours_is_listed_with_its_problem(tmp_path: Path) -> None:
+    """A JSON list, a missing name: listed (so reported), not used, never a traceback."""
+    spool = Spool(str(tmp_path), "s")
+    spool.create("bucket-a", "fine")
+    (tmp_path / "s" / "0000000002.json").write_text("[1, 2]")
+    (tmp_path / "s" / "0000000003.json").write_text('{"bucket": "bucket-a"}')
+    (tmp_path / "s" / "0000000004.json").write_text("{not json")
+    problems = [(segment.id, segment.problem is not None) for segment in spool.segments()]
+    assert [(1, False), (2, True), (3, True), (4, True)] == problems
+    assert 5 == spool.create("bucket-a", "next").id
+    spool.release()
+
+
+def test_a_directory_held_for_shipping_leftovers_is_handed_to_a_live_stream(
+    tmp_path: Path,
+) -> None:
+    """Shipping a dead process's spool never makes a live stream of ours fail to lock it."""
+    from gcs_log_sink.spool import dead_spools
+
+    dead = Spool(str(tmp_path), "b")
+    dead.create("bucket-a", "left").write(b"x\n", 1)
+    dead.release()
+    with dead_spools(str(tmp_path)) as spools:
+        ((_, (leftover,)),) = spools
+        live = Spool(str(tmp_path), "b")  # no SpoolLockedError
+        assert leftover.handed_over
+        assert ["left"] == [segment.name for segment in live.segments()]
+        with pytest.raises(SpoolLockedError):
+            Spool(str(tmp_path), "b")  # still one owner
+    with pytest.raises(SpoolLockedError):
+        Spool(str(tmp_path), "b")  # the live stream keeps the lock after the shipper is done
+    live.release()
