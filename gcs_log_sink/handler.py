@@ -47,7 +47,13 @@ from ._uploader import SpoolUploader
 from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
 from .rotation import RotationPolicy
 from .spool import Spool
-from .stream import DEFAULT_CHUNK_SIZE, _positive_seconds, _validate_metadata, validate_chunk_size
+from .stream import (
+    DEFAULT_CHUNK_SIZE,
+    _positive_seconds,
+    _validate_metadata,
+    validate_chunk_size,
+    validate_endpoint,
+)
 
 __all__ = ["GCSHandler", "HandlerStats"]
 
@@ -75,6 +81,16 @@ def _import_what_the_threads_would() -> None:
     import shlex  # noqa: F401
 
     from google.cloud import storage  # noqa: F401
+
+
+def _check_endpoint(client: Any) -> None:
+    """A mistyped endpoint fails the constructor (and ``dictConfig``), not a thread later."""
+    if client is not None:
+        validate_endpoint(getattr(client, "api_endpoint", None), "the client's api_endpoint")
+        return
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:  # set but empty is unset, for google-cloud-storage too
+        validate_endpoint(emulator, "STORAGE_EMULATOR_HOST")
 
 
 class GCSHandler(logging.Handler):
@@ -181,6 +197,7 @@ class GCSHandler(logging.Handler):
         )
         self._close_timeout = _positive_seconds("close_timeout", close_timeout, zero_ok=True)
         _import_what_the_threads_would()
+        _check_endpoint(client)
         self._client = LazyClient(client)
         self._stream_name = stream
         self._clock = clock

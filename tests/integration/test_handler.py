@@ -391,3 +391,14 @@ def test_a_handler_whose_construction_failed_does_not_break_shutdown() -> None:
     )
     assert 0 == result.returncode
     assert "" == result.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["localhost:9023", "http://127.0.0.1:0", "ftp://x"])
+def test_a_bad_emulator_host_fails_the_constructor(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STORAGE_EMULATOR_HOST without a scheme (or otherwise unusable) fails at construction,
+    where dictConfig shows it, not on the shipping thread after a retry loop."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    with pytest.raises(ConfigurationError, match="STORAGE_EMULATOR_HOST"):
+        GCSHandler("some-bucket")
