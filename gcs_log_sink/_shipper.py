@@ -16,18 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from . import errors
+from ._finisher import NAME_ATTEMPTS, DeadlineEvent, Finisher, ObjectNames
 from ._queue import ROTATE, Batch, DropReason, RecordQueue
 from ._reporter import Reporter
 from ._sinks import (
-    Finished,
     GCSSink,
     GzipSink,
     LazyClient,
-    NameTakenError,
     OpenObject,
     SegmentSink,
     Sink,
@@ -45,10 +43,8 @@ from .rotation import (
     window_over,
 )
 
-__all__ = ["DeadlineEvent", "Shipper", "ShipperConfig"]
+__all__ = ["Shipper", "ShipperConfig"]
 
-# How many times a taken name (another process got there first) is skipped before giving up.
-_NAME_ATTEMPTS = 100
 # After GCS refused to open an object, records are given up without asking again this long.
 _OPEN_COOLDOWN = 5.0
 # The longest the shipping thread sleeps: the window-end check, and the pick-up of a record
@@ -79,28 +75,6 @@ class ShipperConfig:
     on_finalize: Callable[[str, int, int], None] | None
 
 
-class DeadlineEvent(threading.Event):
-    """The handler's "give up" signal: set by close() past its timeout, or, for shipping
-    done inline on a closing thread (no other thread can set it then), set by itself once
-    ``deadline`` (monotonic) has passed. Uploads stop retrying at their next wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.deadline = math.inf
-
-    def is_set(self) -> bool:
-        return super().is_set() or time.monotonic() >= self.deadline
-
-    def wait(self, timeout: float | None = None) -> bool:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            return True
-        if math.isinf(remaining):
-            return super().wait(timeout)
-        limit = remaining if timeout is None else min(timeout, remaining)
-        return super().wait(limit) or self.is_set()
-
-
 class Shipper:
     """The shipping thread and its finisher, for one handler in one process."""
 
@@ -126,14 +100,16 @@ class Shipper:
         self._drop_note = drop_note
         self._cancel = cancel
         self._uploader = uploader
-        self.own_threads: set[int] = set()
+        self._own_threads: set[int] = set()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._current: OpenObject | None = None
-        self._finisher: threading.Thread | None = None
         self._floor = -math.inf
-        self._seq = 0
-        self._names_lock = threading.Lock()
+        self._names = ObjectNames(config, identity, stream_name)
+        self._finisher = Finisher(
+            config, queue, reporter, client=client, cancel=cancel, names=self._names
+        )
+        self._finisher.own_threads = self._own_threads
         self._open_refused_until = 0.0
         self.inline = False  # no thread could be started: close() ships on its own thread
 
@@ -159,6 +135,16 @@ class Shipper:
                 self._uploader.start()
 
     @property
+    def own_threads(self) -> set[int]:
+        """The idents of this handler's threads: records they cause are not shipped."""
+        return self._own_threads
+
+    @own_threads.setter
+    def own_threads(self, threads: set[int]) -> None:
+        self._own_threads = threads
+        self._finisher.own_threads = threads
+
+    @property
     def started(self) -> bool:
         return self._thread is not None
 
@@ -179,7 +165,7 @@ class Shipper:
 
     def _run(self) -> None:
         me = threading.get_ident()
-        self.own_threads.add(me)
+        self._own_threads.add(me)
         queue = self._queue
         noted_at_close = False
         try:
@@ -198,7 +184,7 @@ class Shipper:
                         noted_at_close = True  # once: records still logged after close
                         continue  # must not keep the thread alive
                     self._finish_current()
-                    self._wait_for_finisher()
+                    self._finisher.wait()
                     self._serve_flushes()
                     return
                 if queue.wait_for_work(_IDLE_WAIT):
@@ -209,7 +195,7 @@ class Shipper:
             queue.release_all_flushes()
             if self._uploader is not None:
                 self._uploader.spooling_done()
-            self.own_threads.discard(me)  # thread ids are reused: never drop a stranger's
+            self._own_threads.discard(me)  # thread ids are reused: never drop a stranger's
 
     def _write_batch(self, batch: Batch) -> None:
         """Write the batch's records in order, rolling between them where the policy says."""
@@ -315,8 +301,8 @@ class Shipper:
         if now < self._open_refused_until:
             return
         config = self._config
-        for _ in range(_NAME_ATTEMPTS):
-            name = self._next_name(window)
+        for _ in range(NAME_ATTEMPTS):
+            name = self._names.next(window)
             try:
                 sink = self._make_sink(name)
             except errors.PreconditionFailedError:
@@ -339,48 +325,7 @@ class Shipper:
                 self._uploader.add(self._current)
             return
         self._open_refused_until = now + _OPEN_COOLDOWN
-        self._reporter.report("names", f"{_NAME_ATTEMPTS} object names in a row were taken")
-
-    def _next_name(self, window: float) -> str:
-        """The next object name of ``window`` (the shipping and the finisher thread ask)."""
-        config = self._config
-        with self._names_lock:
-            seq, self._seq = self._seq, self._seq + 1
-        name = config.template.render(
-            start=datetime.fromtimestamp(window, timezone.utc),
-            seq=seq,
-            host=config.host,
-            pid=self._identity["pid"],
-            stream=self._stream_name(),
-            instance=self._identity["instance"],
-        )
-        return name + ".gz" if config.gzip and not name.endswith(".gz") else name
-
-    def _ship_under_a_free_name(self, window: float, data: bytes) -> Finished:
-        """On the finisher thread: a whole object whose name was taken at its finalize."""
-        config = self._config
-        for _ in range(_NAME_ATTEMPTS):
-            try:
-                stream = config.options.open(
-                    config.bucket,
-                    self._next_name(window),
-                    client=self._client.get(),
-                    cancel=self._cancel,
-                    observer=self._reporter,
-                )
-            except errors.PreconditionFailedError:
-                continue
-            sink = GCSSink(stream)
-            sink.write(data, 0)
-            try:
-                finished = sink.finish(0)
-            except NameTakenError:
-                continue
-            assert finished is not None
-            return finished
-        raise errors.UploadError(
-            f"{_NAME_ATTEMPTS} object names in a row were taken", bucket=config.bucket, name=""
-        )
+        self._reporter.report("names", f"{NAME_ATTEMPTS} object names in a row were taken")
 
     def _make_sink(self, name: str) -> Sink:
         config = self._config
@@ -424,53 +369,7 @@ class Shipper:
             if self._uploader is not None:
                 self._uploader.changed()
             return  # the upload thread finalizes it
-        self._wait_for_finisher()
-        finisher = threading.Thread(
-            target=self._finish_object,
-            args=(current,),
-            name=f"gcs_log_sink:{self._config.bucket}:finish",
-            daemon=True,
-        )
-        try:
-            finisher.start()
-        except RuntimeError:  # the interpreter is exiting (3.12+): finalize right here
-            self._finish_object(current)
-            return
-        self._finisher = finisher
-
-    def _wait_for_finisher(self) -> None:
-        finisher = self._finisher
-        if finisher is not None:
-            finisher.join()
-            self._finisher = None
-
-    def _finish_object(self, current: OpenObject) -> None:
-        """On the finisher thread: finalize, verify, count, tell ``on_finalize``."""
-        me = threading.get_ident()
-        self.own_threads.add(me)
-        try:
-            try:
-                finished = current.sink.finish(current.records)
-            except NameTakenError as taken:
-                self._reporter.report(
-                    "name-taken", f"{taken}; shipping the object under the next free name"
-                )
-                finished = self._ship_under_a_free_name(current.window, taken.data)
-        except Exception as exc:
-            self._queue.object_done(current.records, 0, "lost", first_created=current.first_created)
-            self._reporter.report(type(exc).__name__, f"cannot finalize an object: {exc}")
-            return
-        finally:
-            self.own_threads.discard(me)
-        self._queue.object_done(
-            current.records, current.size, "shipped", first_created=current.first_created
-        )
-        on_finalize = self._config.on_finalize
-        if on_finalize is not None and finished is not None:
-            try:
-                on_finalize(finished.name, finished.generation, finished.size)
-            except Exception as exc:
-                self._reporter.report("on_finalize", f"on_finalize raised {exc!r}")
+        self._finisher.finish(current)
 
     def _fail_current(self, exc: errors.UploadError) -> None:
         current, self._current = self._current, None
@@ -494,6 +393,6 @@ class Shipper:
                 self._reporter.report("spool", f"cannot sync the spool: {exc}")
                 if self._config.gzip:
                     self._finish_current()  # as in _write: the gzip stream ends here
-        self._wait_for_finisher()  # records of the object being finalized count too
+        self._finisher.wait()  # records of the object being finalized count too
         for request in ready:
             request.done.set()

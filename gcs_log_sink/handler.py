@@ -38,10 +38,11 @@ from typing import Any
 
 from . import errors
 from ._fastformat import format_record
+from ._finisher import DeadlineEvent
 from ._lifecycle import bounded, forget, install_process_hooks, register
 from ._queue import RecordQueue
 from ._reporter import HandlerStats, Reporter
-from ._shipper import DeadlineEvent, Shipper, ShipperConfig
+from ._shipper import Shipper, ShipperConfig
 from ._sinks import LazyClient, StreamOptions
 from ._uploader import SpoolUploader
 from .naming import DEFAULT_TEMPLATE, ObjectNameTemplate, validate_bucket_name
