@@ -110,7 +110,8 @@ class _Watch:
                 _shut(connection)
         timer = threading.Timer(0.05, self.expire)
         timer.daemon = True
-        timer.start()
+        with contextlib.suppress(RuntimeError):  # the interpreter is exiting (3.12+)
+            timer.start()
 
     def finish(self) -> None:
         with self._lock:
@@ -134,7 +135,13 @@ def _watched(seconds: float) -> Iterator[_Watch]:
     _current.watch = watch
     timer = threading.Timer(max(seconds, 0.0), watch.expire)
     timer.daemon = True
-    timer.start()
+    try:
+        timer.start()
+    except RuntimeError:
+        # From Python 3.12 no thread starts while the interpreter exits (an atexit hook
+        # shipping the last records): the request goes unwatched, bounded only by the
+        # per-read timeout of requests, rather than not at all.
+        pass
     try:
         yield watch
     finally:
