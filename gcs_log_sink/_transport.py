@@ -135,13 +135,11 @@ def _watched(seconds: float) -> Iterator[_Watch]:
     _current.watch = watch
     timer = threading.Timer(max(seconds, 0.0), watch.expire)
     timer.daemon = True
-    try:
+    # From Python 3.12 no thread starts while the interpreter exits (an atexit hook
+    # shipping the last records): the request goes unwatched, bounded only by the per-read
+    # timeout of requests, rather than not at all.
+    with contextlib.suppress(RuntimeError):
         timer.start()
-    except RuntimeError:
-        # From Python 3.12 no thread starts while the interpreter exits (an atexit hook
-        # shipping the last records): the request goes unwatched, bounded only by the
-        # per-read timeout of requests, rather than not at all.
-        pass
     try:
         yield watch
     finally:
