@@ -3,7 +3,8 @@
 GCS composes at most 32 sources per call, and a composite can be composed again. So more
 than 32 parts are composed in groups into intermediates, level by level, until one call can
 make the target. Intermediates are deleted afterwards; the target is created only if
-absent (``ifGenerationMatch=0``), so a composed log is never overwritten.
+absent (``ifGenerationMatch=0``), so a composed log is never overwritten, unless the caller
+asks to ``replace`` it (a re-run of a CI job on the same prefix).
 """
 
 from __future__ import annotations
@@ -56,8 +57,13 @@ def plan_compose(
     return steps
 
 
-def compose(client: Any, bucket: str, sources: Sequence[str], target: str) -> Any:
-    """Run :func:`plan_compose` against GCS; returns the target's Blob (reloaded)."""
+def compose(
+    client: Any, bucket: str, sources: Sequence[str], target: str, *, replace: bool = False
+) -> Any:
+    """Run :func:`plan_compose` against GCS; returns the target's Blob (reloaded).
+
+    ``replace``: an existing ``target`` is overwritten instead of refused (412).
+    """
     gcs_bucket = client.bucket(bucket)
     steps = plan_compose(sources, target, scratch=f"{target}.compose-tmp/")
     made: list[str] = []
@@ -67,7 +73,7 @@ def compose(client: Any, bucket: str, sources: Sequence[str], target: str) -> An
             destination.content_type = "text/plain; charset=utf-8"
             destination.compose(
                 [gcs_bucket.blob(name) for name in step.sources],
-                if_generation_match=0,
+                if_generation_match=None if replace and not step.intermediate else 0,
             )
             if step.intermediate:
                 made.append(step.destination)
