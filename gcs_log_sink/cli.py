@@ -61,10 +61,9 @@ def parse_size(text: str) -> int:
         number = float(cleaned)
     except ValueError:
         raise ValueError(f"{text!r} is not a size (examples: 65536, 64K, 64M, 1G)") from None
-    size = int(number * multiplier)
-    if not math.isfinite(number) or size <= 0:
+    if not math.isfinite(number) or int(number * multiplier) <= 0:
         raise ValueError(f"{text!r} is not a positive size")
-    return size
+    return int(number * multiplier)
 
 
 def parse_seconds(text: str, *, zero_ok: bool = False) -> float:

@@ -1,0 +1,67 @@
+"""The command line's option parsing: sizes, seconds, endpoints. Pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from gcs_log_sink.cli import endpoint_problem, parse_seconds, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("65536", 65536),
+        ("64K", 64 * 1024),
+        ("64k", 64 * 1024),
+        ("64M", 64 * 1024**2),
+        ("64MiB", 64 * 1024**2),
+        ("64MB", 64 * 1024**2),
+        ("1G", 1024**3),
+        ("1.5G", 1536 * 1024**2),
+        ("2T", 2 * 1024**4),
+        ("100B", 100),
+    ],
+)
+def test_sizes_take_binary_suffixes(text: str, size: int) -> None:
+    """K, M, G and T are powers of 1024, with or without B/iB, any case."""
+    assert size == parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["", "M", "12Q", "-1M", "0", "nan", "inf", "1e400", "one"])
+def test_bad_sizes_are_refused_with_the_text(text: str) -> None:
+    """Anything that is not a positive size is a ValueError naming what was given."""
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+def test_seconds() -> None:
+    """Positive finite seconds; zero only where allowed."""
+    assert 2.5 == parse_seconds("2.5")
+    assert 0.0 == parse_seconds("0", zero_ok=True)
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(ValueError, match="seconds"):
+            parse_seconds(bad)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "from_env", "problem"),
+    [
+        ("http://127.0.0.1:9023", True, None),
+        ("https://storage.googleapis.com", False, None),
+        (
+            "localhost:9023",
+            True,
+            "STORAGE_EMULATOR_HOST='localhost:9023' is not a URL: write it as http://HOST:PORT",
+        ),
+        ("ftp://x", False, "the storage endpoint='ftp://x' is not a URL"),
+        ("http://", True, "STORAGE_EMULATOR_HOST='http://' is not a URL"),
+    ],
+)
+def test_endpoint_problem(endpoint: str, from_env: bool, problem: str | None) -> None:
+    """An endpoint without scheme or host is a configuration error, never an outage."""
+    found = endpoint_problem(endpoint, from_env=from_env)
+    if problem is None:
+        assert None is found
+    else:
+        assert found is not None
+        assert found.startswith(problem)
