@@ -48,7 +48,7 @@ import google_crc32c
 
 from . import errors
 from ._chunks import crc32c_base64
-from .compose import compose
+from .compose import compose, is_transient
 from .gsurl import GSURL
 from .handler import GCSHandler
 from .stream import GCSObjectStream
@@ -272,6 +272,7 @@ class OutputShipper:
         self.url = url
         self._client = client
         self._parts: list[str] = []
+        self._part_sizes: dict[str, int] = {}  # 0: not known (a part shipped from the spool)
         self._parts_lock = threading.Lock()
         self._crc = 0  # of what the feeder handed to the handler
         self._size = 0
@@ -283,6 +284,7 @@ class OutputShipper:
         self._replace = replace
         self._buffer = OutputBuffer(buffer_bytes, wait_when_full=wait_when_full)
         self._give_up = threading.Event()
+        self._calls_until = 0.0  # set by finish(): GCS calls at the end stop trying then
         self._handler = GCSHandler(
             url.bucket,
             prefix=url.child("parts/"),
@@ -337,6 +339,7 @@ class OutputShipper:
     def _part_finalized(self, name: str, generation: int, size: int) -> None:
         with self._parts_lock:
             self._parts.append(name)
+            self._part_sizes[name] = size
 
     def _wait(self, thread: threading.Thread, deadline: float) -> bool:
         """Join ``thread`` until ``deadline`` or :meth:`give_up`; whether it ended."""
@@ -361,6 +364,9 @@ class OutputShipper:
         closer.daemon = True
         closer.start()
         closed = self._wait(closer, deadline + 1.0)
+        # Composing and deleting parts are GCS calls too: within what is left of the ship
+        # timeout (a few seconds at least, as each is one quick call), and a signal stops them.
+        self._calls_until = max(deadline, time.monotonic() + 2.0)
         try:
             return self._conclude(fed and closed, compose_parts=compose_parts, keep=keep_parts)
         except errors.GCSLogSinkError as exc:
@@ -370,10 +376,24 @@ class OutputShipper:
         except Exception as exc:  # GCS errors from compose or listing: say so, never crash
             return self._result(
                 composed=False,
-                problem=f"could not compose {self.target}: {type(exc).__name__}: {exc}",
+                problem=f"could not compose gs://{self.url.bucket}/{self.target}: "
+                f"{_why(exc)}; the parts are kept under {self.url}/parts/",
                 stored=0,
                 busy=not closed,
             )
+
+    def _calls(self) -> dict[str, Any]:
+        """retry and timeout for one google-cloud-storage call at the end (see finish)."""
+        from google.api_core.retry import Retry
+
+        remaining = max(0.5, self._calls_until - time.monotonic())
+        give_up = self._give_up
+
+        def worth_retrying(exc: Exception) -> bool:
+            return is_transient(exc) and not give_up.is_set()
+
+        retry = Retry(predicate=worth_retrying, initial=0.25, maximum=2.0, timeout=remaining)
+        return {"retry": retry, "timeout": min(remaining, 30.0)}
 
     def _result(
         self, *, composed: bool, problem: str | None, stored: int, busy: bool
@@ -392,11 +412,23 @@ class OutputShipper:
         )
 
     def _stored(self) -> int:
-        """Bytes in the finalized parts this run made, as GCS lists them."""
+        """Bytes in the finalized parts this run made.
+
+        The handler says each part's size, except for parts shipped from the spool: those
+        are listed, once, without retries (GCS may be what failed: no waiting on it here).
+        """
         with self._parts_lock:
-            ours = set(self._parts)
-        listed = self._client.list_blobs(self.url.bucket, prefix=self.url.child("parts/"))
-        return sum(int(blob.size or 0) for blob in listed if blob.name in ours)
+            sizes = dict(self._part_sizes)
+        if all(sizes.values()):
+            return sum(sizes.values())
+        try:
+            listed = self._client.list_blobs(
+                self.url.bucket, prefix=self.url.child("parts/"), retry=None, timeout=10
+            )
+            found = {blob.name: int(blob.size or 0) for blob in listed if blob.name in sizes}
+        except Exception:  # GCS away: count what the handler told us
+            found = {}
+        return sum(size or found.get(name, 0) for name, size in sizes.items())
 
     def _conclude(self, settled: bool, *, compose_parts: bool, keep: bool) -> ShipResult:
         expected = self._read - self._buffer.dropped_bytes + self._buffer.marker_bytes
@@ -427,16 +459,22 @@ class OutputShipper:
             return self._result(composed=False, problem=None, stored=stored, busy=False)
         match = None if self._replace else 0
         if not parts:  # no output at all: still say so with an (empty) build.log
+            calls = self._calls()
             with GCSObjectStream(
                 self.url.bucket,
                 self.target,
                 client=self._client,
                 content_type="text/plain",
                 if_generation_match=match,
+                timeout=calls["timeout"],
+                retry_deadline=calls["retry"].timeout,
             ):
                 pass
             return self._result(composed=True, problem=None, stored=0, busy=False)
-        final = compose(self._client, self.url.bucket, parts, self.target, replace=self._replace)
+        calls = self._calls()
+        final = compose(
+            self._client, self.url.bucket, parts, self.target, replace=self._replace, **calls
+        )
         expected_crc = crc32c_base64(self._crc)
         if final.size != self._size or final.crc32c != expected_crc:
             raise errors.IntegrityError(
@@ -448,13 +486,25 @@ class OutputShipper:
         if not keep:
             bucket = self._client.bucket(self.url.bucket)
             for name in parts:
-                bucket.blob(name).delete()
+                bucket.blob(name).delete(**self._calls())
         return self._result(composed=True, problem=None, stored=stored, busy=False)
 
     def abandon(self) -> None:
         """Stop shipping without composing (the command never started)."""
         self._buffer.close()
         self._handler.close()
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a failed GCS call: never a URL (a session URL is a secret)."""
+    from google.api_core import exceptions as api
+
+    if isinstance(exc, api.RetryError):
+        cause = exc.cause if exc.cause is not None else exc
+        return f"GCS did not answer in time ({type(cause).__name__})"
+    if isinstance(exc, api.GoogleAPICallError):
+        return f"GCS refused it: {exc.message}"
+    return type(exc).__name__
 
 
 # -- start-up: is GCS there, and may we write? ---------------------------------------------
@@ -528,7 +578,13 @@ def delete_previous(url: GSURL, client: Any) -> int:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            # A terminal fd someone set O_NONBLOCK on (CI runners share their pipes): wait
+            # until it takes more, as a blocking write would.
+            select.select([], [fd], [])
+            continue
         view = view[written:]
 
 
@@ -544,12 +600,23 @@ class _Pump:
         self.sink = sink
         self.closed_outputs: set[int] = set()
 
-    def step(self, timeout: float) -> None:
-        """Copy what is readable within ``timeout``; drop sources that reached EOF."""
-        try:
-            ready, _, _ = select.select(list(self.sources), [], [], timeout)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            return
+    def drain(self, limit: int = 64 * READ_SIZE) -> None:
+        """Copy what is readable right now (at most about ``limit`` bytes), without waiting.
+
+        Before giving up on pipes a left-behind process holds: the command's last output
+        is already in them.
+        """
+        copied = 0
+        while self.sources and copied < limit and (got := self.step(0)):
+            copied += got
+
+    def step(self, timeout: float) -> int:
+        """Copy what is readable within ``timeout``; drop sources that reached EOF.
+
+        Returns how many bytes were copied.
+        """
+        ready, _, _ = select.select(list(self.sources), [], [], timeout)
+        copied = 0
         for fd in ready:
             try:
                 data = os.read(fd, READ_SIZE)
@@ -558,6 +625,7 @@ class _Pump:
             if not data:
                 del self.sources[fd]
                 continue
+            copied += len(data)
             out = self.sources[fd]
             if out is not None and out not in self.closed_outputs:
                 try:
@@ -567,6 +635,7 @@ class _Pump:
                         raise
                     self._lose_output(out)
             self.sink(data)
+        return copied
 
     def _lose_output(self, fd: int) -> None:
         self.closed_outputs.add(fd)
@@ -688,6 +757,7 @@ def run_command(
                 if exited_at is None and process.poll() is not None:
                     exited_at = time.monotonic()
                 if exited_at is not None and time.monotonic() - exited_at >= grace:
+                    pump.drain()
                     abandoned = bool(pump.sources)
                     break
             while True:

@@ -66,14 +66,17 @@ def parse_size(text: str) -> int:
     return int(number * multiplier)
 
 
-def parse_seconds(text: str, *, zero_ok: bool = False) -> float:
-    """A number of seconds for an option: finite, positive (or zero when ``zero_ok``)."""
+def parse_seconds(text: str, *, zero_ok: bool = False, minimum: float = 0.0) -> float:
+    """A number of seconds for an option: finite, positive (or zero when ``zero_ok``), and
+    at least ``minimum``."""
     try:
         value = float(text)
     except ValueError:
         raise ValueError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
         raise ValueError(f"{text!r} must be a positive number of seconds")
+    if value < minimum:
+        raise ValueError(f"{text!r} must be at least {minimum:g} seconds")
     return value
 
 
@@ -93,6 +96,8 @@ def _option_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]
 _SIZE = _option_type(parse_size, "size")
 _SECONDS = _option_type(parse_seconds, "seconds")
 _SECONDS_OR_ZERO = _option_type(lambda text: parse_seconds(text, zero_ok=True), "seconds")
+# Parts roll on the handler's time windows, which are whole seconds at least.
+_PART_SECONDS = _option_type(lambda text: parse_seconds(text, minimum=1.0), "seconds")
 
 
 def endpoint_problem(endpoint: str, *, from_env: bool) -> str | None:
@@ -268,33 +273,15 @@ def _read_options(args: argparse.Namespace) -> Any:
             noted = True
             _note(f"GCS is not answering ({_reason(exc)}); retrying for up to {seconds:g} s")
 
-    retry = Retry(predicate=_is_transient, initial=0.5, maximum=4.0, timeout=seconds, on_error=note)
+    from .compose import is_transient
+
+    retry = Retry(predicate=is_transient, initial=0.5, maximum=4.0, timeout=seconds, on_error=note)
     return ReadOptions(retry=retry, timeout=min(30.0, seconds))
 
 
 def _reason(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     return f"HTTP {code}" if isinstance(code, int) else type(exc).__name__
-
-
-def _is_transient(exc: Exception) -> bool:
-    """The failures of a GCS that is away or overloaded; never a configuration error."""
-    import google.auth.exceptions
-    import requests
-    from google.api_core import exceptions as api
-
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError)):
-        return True
-    if isinstance(exc, google.auth.exceptions.TransportError):
-        return True
-    transient = (
-        api.TooManyRequests,
-        api.InternalServerError,
-        api.BadGateway,
-        api.ServiceUnavailable,
-        api.GatewayTimeout,
-    )
-    return isinstance(exc, transient)
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -471,7 +458,7 @@ def _capture_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", metavar="gs://BUCKET/PREFIX", help="where the output goes")
     parser.add_argument(
         "--part-seconds",
-        type=_SECONDS,
+        type=_PART_SECONDS,
         default=10.0,
         metavar="SECONDS",
         help="finalize a readable part at least this often (default %(default)g)",

@@ -268,7 +268,7 @@ def test_option_errors_name_the_flag(env: dict[str, str], bucket: str) -> None:
     """Bad values are reported against the flag the user typed, not an internal name."""
     cases = {
         "--part-bytes": ["--part-bytes", "12Q"],
-        "--part-seconds": ["--part-seconds", "0"],
+        "--part-seconds": ["--part-seconds", "0.5"],
         "--buffer-size": ["--buffer-size", "-1M"],
         "--grace": ["--grace", "soon"],
     }
@@ -280,3 +280,40 @@ def test_option_errors_name_the_flag(env: dict[str, str], bucket: str) -> None:
         assert "Traceback" not in err
     sized = cli(env, "run", "--part-bytes", "1K", f"gs://{bucket}/k", "--", "echo", "ok")
     assert 0 == sized.returncode, sized.stderr
+
+
+def test_grace_zero_still_ships_what_the_command_printed_before_exiting(
+    env: dict[str, str], client: Any, bucket: str
+) -> None:
+    """--grace 0 stops waiting at once, but the output already in the pipe is read first."""
+    result = cli(env, "run", "--grace", "0", f"gs://{bucket}/g0", "--", "seq", "1", "30000")
+    expected = b"".join(b"%d\n" % i for i in range(1, 30001))
+    assert 0 == result.returncode, result.stderr
+    assert expected == result.stdout
+    assert expected == read_object(client, bucket, "g0/build.log")
+
+
+def test_a_non_blocking_terminal_is_written_like_a_blocking_one(
+    env: dict[str, str], client: Any, bucket: str
+) -> None:
+    """A CI runner's stdout with O_NONBLOCK set, read slowly: no EAGAIN traceback, nothing
+    lost on the terminal or in GCS."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    code = """
+        for i in range(50_000):
+            print(f"row {i:06d}")
+        """
+    run = start_run(env, f"gs://{bucket}/nonblock", "--", *child(code), stdout=write_end)
+    os.close(write_end)
+    received = b""
+    with os.fdopen(read_end, "rb") as reader:
+        time.sleep(0.5)  # let the pipe fill: the next write would block
+        while chunk := reader.read(4096):
+            received += chunk
+    _, err = run.communicate(timeout=60)
+    expected = b"".join(f"row {i:06d}\n".encode() for i in range(50_000))
+    assert 0 == run.returncode, err
+    assert b"Traceback" not in err
+    assert expected == received
+    assert expected == read_object(client, bucket, "nonblock/build.log")

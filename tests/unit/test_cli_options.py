@@ -38,6 +38,8 @@ def test_seconds() -> None:
     """Positive finite seconds; zero only where allowed."""
     assert 2.5 == parse_seconds("2.5")
     assert 0.0 == parse_seconds("0", zero_ok=True)
+    with pytest.raises(ValueError, match="at least 1 seconds"):
+        parse_seconds("0.5", minimum=1.0)
     for bad in ("0", "-1", "nan", "inf", "soon"):
         with pytest.raises(ValueError, match="seconds"):
             parse_seconds(bad)
