@@ -1,8 +1,10 @@
 """The ``gcs-log-sink`` command: capture build output into GCS and read it back.
 
 Thin over the library: ``run``/``tee`` are :mod:`.capture`, ``ls``/``cat`` are :mod:`.reader`,
-``demo`` starts a local GCS-compatible server and ships log records through ``GCSHandler``.
-Every error a user will meet is one line on stderr and a non-zero status, never a traceback.
+``serve-local`` runs a local GCS-compatible server to try them against, ``demo`` starts one and
+ships log records through ``GCSHandler``. Every error a user will meet is one line on stderr
+and a non-zero status, never a traceback; informational lines (the log's URL) are not
+prefixed like errors. Option values are checked here, so an error names the flag typed.
 """
 
 from __future__ import annotations
