@@ -144,7 +144,8 @@ def _start_capture(args: argparse.Namespace) -> Any:
     reachable = probe_target(
         url,
         client,
-        replace=args.replace,
+        # --no-compose writes no build.log: one already there is no reason to refuse.
+        replace=args.replace or args.no_compose,
         startup_timeout=args.startup_timeout,
         note=_note,
     )

@@ -391,3 +391,20 @@ def test_gcs_gone_at_compose_time_costs_seconds_not_minutes(
     assert b"the parts are kept" in err
     parts = sorted(b.name for b in client.list_blobs(bucket, prefix="late-compose/parts/"))
     assert b"all of it\n" == b"".join(read_object(client, bucket, name) for name in parts)
+
+
+def test_with_a_spool_an_outage_loses_nothing_even_past_the_buffer(
+    penv: dict[str, str], proxy: FaultProxy, client: Any, bucket: str, tmp_path: Any
+) -> None:
+    """--spool-dir: the burst that overflows a 1 MiB buffer without a spool goes to disk
+    instead; GCS comes back and the whole log is stored, no marker, build's pace kept."""
+    spool = tmp_path / "spool"
+    argv = ["run", "--buffer-size", "1M", "--spool-dir", str(spool), f"gs://{bucket}/spooled"]
+    argv += ["--", *build(5, every=0.05, piece=16 * 1024, burst=(1.5, 2.5, 1024 * 1024))]
+    result, _ = run_with_outage(penv, proxy, argv, down=(1.5, 4.0))
+    assert 0 == result.returncode, result.stderr
+    assert slowest_write(result.stdout) < 0.5
+    assert b"dropped" not in result.stderr
+    assert 14 * 1024 * 1024 < len(result.stdout)  # more than buffer, queue and chunk hold
+    assert result.stdout == read_object(client, bucket, "spooled/build.log")
+    assert [] == [p.name for p in spool.rglob("*") if p.is_file() and p.name != "lock"]

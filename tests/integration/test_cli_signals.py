@@ -317,3 +317,41 @@ def test_a_non_blocking_terminal_is_written_like_a_blocking_one(
     assert b"Traceback" not in err
     assert expected == received
     assert expected == read_object(client, bucket, "nonblock/build.log")
+
+
+def test_under_a_terminal_the_command_gets_a_pty_and_signals_still_reach_its_group(
+    env: dict[str, str], client: Any, bucket: str
+) -> None:
+    """stdout a terminal: the command sees a terminal too (colours survive), and SIGTERM
+    still reaches its whole group; what it printed is shipped as the terminal showed it."""
+    import pty
+    import tty
+
+    controller, terminal = pty.openpty()
+    tty.setraw(terminal)  # the outer terminal passes bytes as they are
+    code = """
+        import subprocess, sys, time
+        subprocess.Popen(["sleep", "30"])
+        print(f"tty={sys.stdout.isatty()}", flush=True)
+        time.sleep(30)
+        """
+    run = start_run(env, f"gs://{bucket}/pty", "--", *child(code), stdout=terminal)
+    os.close(terminal)
+    shown = b""
+    while b"tty=" not in shown or not shown.endswith(b"\n"):
+        shown += os.read(controller, 1024)
+    pgid = command_pid(run)
+    run.send_signal(signal.SIGTERM)
+    try:
+        status = run.wait(timeout=20)
+    finally:
+        kill_group(pgid)
+        with contextlib.suppress(OSError):
+            while os.read(controller, 1024):
+                pass
+        os.close(controller)
+    run.communicate()
+    assert 143 == status
+    assert b"tty=True\r\n" == shown
+    assert [] == group_members(pgid)
+    assert shown == read_object(client, bucket, "pty/build.log")
