@@ -27,15 +27,15 @@ def test_ls_and_cat_with_gcs_away_retry_briefly_then_say_so_in_one_line(
     """GCS unreachable: one progress note, then one error line after --timeout; exit 1."""
     proxy.go_down()
     started = time.monotonic()
-    result = cli(emulator_env(proxy.url), *command, "--timeout", "2", f"gs://{bucket}/p")
+    result = cli(emulator_env(proxy.url), *command, "--timeout", "1", f"gs://{bucket}/p")
     elapsed = time.monotonic() - started
     lines = result.stderr.decode().splitlines()
     assert 1 == result.returncode, lines
     assert 2 == len(lines), lines
     assert lines[0].startswith("gcs-log-sink: GCS is not answering (")
-    assert lines[0].endswith("retrying for up to 2 s")
+    assert lines[0].endswith("retrying for up to 1 s")
     assert lines[1].startswith("gcs-log-sink: cannot reach GCS: gave up retrying")
-    assert elapsed < 2 + 5
+    assert elapsed < 1 + 5
 
 
 @pytest.mark.parametrize("missing", ["bucket", "prefix"])
@@ -51,9 +51,9 @@ def test_follow_waits_politely_for_a_missing_bucket_or_prefix(
         "cat",
         "--follow",
         "--interval",
-        "0.5",
+        "0.3",
         "--timeout",
-        "2",
+        "1.2",
         where,
     )
     elapsed = time.monotonic() - started
@@ -63,9 +63,9 @@ def test_follow_waits_politely_for_a_missing_bucket_or_prefix(
     assert 2 == len(lines), lines
     assert "gcs-log-sink: waiting for" in lines[0]
     assert waited_for in lines[0]
-    assert lines[1].startswith("gcs-log-sink: gave up after 2 s (--timeout)")
-    assert 1.5 < elapsed < 2 + 5
-    assert len(proxy.events) <= 3 * (2 / 0.5 + 1)  # a few requests per poll, not thousands
+    assert lines[1].startswith("gcs-log-sink: gave up after 1.2 s (--timeout)")
+    assert 0.9 < elapsed < 1.2 + 5
+    assert len(proxy.events) <= 3 * (1.2 / 0.3 + 1)  # a few requests per poll, not thousands
 
 
 def test_cat_and_ls_read_a_gcshandler_prefix(
