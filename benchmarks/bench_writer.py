@@ -4,7 +4,7 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bench_writer.py [--mib 256] [--repeat 3]
 
-One local GCS server (:class:`gcs_log_sink._localgcs.LocalGCS`, on 127.0.0.1) takes, in turn:
+One local GCS server (:class:`gcs_log_sink.testing.LocalGCS`, on 127.0.0.1) takes, in turn:
 
 - ``ours``: ``GCSObjectStream(bucket, name, chunk_size=...)``
 - ``blobwriter``: google-cloud-storage's ``blob.open("wb", chunk_size=...)``
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args)))
         return 0
 
-    from gcs_log_sink._localgcs import LocalGCS
+    from gcs_log_sink.testing import LocalGCS
 
     writers = [w.strip() for w in args.writers.split(",") if w.strip()]
     unknown = set(writers) - set(WRITERS)

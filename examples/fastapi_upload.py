@@ -8,7 +8,8 @@ A client that disconnects mid-body gets its upload cancelled (``abort``), so a t
 body never becomes an object. Run it as written: it starts a local GCS-compatible server,
 serves the app with uvicorn, PUTs 50 MiB to it and prints what arrived.
 
-    .venv/bin/python examples/fastapi_upload.py
+    pip install 'gcs-log-sink[local]' fastapi uvicorn httpx
+    python examples/fastapi_upload.py
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main() -> None:
     import httpx
     import uvicorn
 
-    from gcs_log_sink._localgcs import LocalGCS, free_port
+    from gcs_log_sink.testing import LocalGCS, free_port
 
     with LocalGCS() as gcs:
         client = gcs.client()

@@ -8,7 +8,8 @@ events should reach GCS; ``examples/structlog_stdlib.py`` also catches plain ``l
 Run it as written: it starts a local GCS-compatible server, logs a few events, closes the
 handler (which finalizes the object) and prints what arrived.
 
-    .venv/bin/python examples/structlog_direct.py
+    pip install 'gcs-log-sink[local,structlog]'
+    python examples/structlog_direct.py
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from __future__ import annotations
 import structlog
 
 from gcs_log_sink import GCSHandler
-from gcs_log_sink._localgcs import LocalGCS
 from gcs_log_sink.structlog import GCSLoggerFactory
+from gcs_log_sink.testing import LocalGCS
 
 
 def configure(handler: GCSHandler) -> None:

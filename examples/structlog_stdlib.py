@@ -9,7 +9,8 @@ side by side, one JSON object per line, in the same objects.
 Run it as written: it starts a local GCS-compatible server, logs through both APIs, closes
 the handler (which finalizes the object) and prints what arrived.
 
-    .venv/bin/python examples/structlog_stdlib.py
+    pip install 'gcs-log-sink[local,structlog]'
+    python examples/structlog_stdlib.py
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import structlog
 
 from gcs_log_sink import GCSHandler
-from gcs_log_sink._localgcs import LocalGCS
+from gcs_log_sink.testing import LocalGCS
 
 # Applied to structlog's events before they reach logging, and to plain logging records by
 # the formatter (foreign_pre_chain), so both kinds carry the same keys.

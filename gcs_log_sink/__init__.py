@@ -21,7 +21,7 @@ from .errors import (
     UploadError,
 )
 from .formatters import JSONFormatter
-from .handler import GCSHandler
+from .handler import GCSHandler, HandlerStats
 from .spool import SpoolLockedError
 from .stream import GCSObjectStream
 
@@ -37,6 +37,7 @@ __all__ = [
     "GCSHandler",
     "GCSLogSinkError",
     "GCSObjectStream",
+    "HandlerStats",
     "IntegrityError",
     "JSONFormatter",
     "PermissionDeniedError",

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlencode
 from google.resumable_media import common as resumable_common
 
 from ._chunks import crc32c_base64
+from ._secrets import redact
 
 __all__ = [
     "Finalized",
@@ -36,6 +37,8 @@ __all__ = [
     "chunk_request",
     "error_message",
     "initiate_request",
+    "object_request",
+    "parse_object_resource",
     "parse_session_url",
     "parse_upload_answer",
     "redact",
@@ -69,22 +72,86 @@ class Persisted:
 
 @dataclass(frozen=True)
 class Finalized:
-    """A 200/201: the object exists; ``resource`` is its JSON metadata."""
+    """A 200/201: the object exists, as :func:`parse_object_resource` read it.
 
-    resource: Mapping[str, Any]
+    Every field GCS may leave out is optional. Servers that write the object resource as
+    proto3 JSON drop zero and empty values, so a 0-byte object can come without ``size``
+    (and even without ``crc32c``); what the writer cannot do without is its caller's call
+    (:meth:`missing_for`).
+    """
 
-    @property
-    def generation(self) -> int:
-        return int(self.resource["generation"])
+    generation: int | None
+    size: int | None
+    crc32c: str | None
+    md5_hash: str | None = None
+    resource: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def size(self) -> int:
-        return int(self.resource["size"])
+    def missing_for(self, written: int) -> str | None:
+        """What this answer lacks to verify an object of ``written`` bytes, or ``None``.
 
-    @property
-    def crc32c(self) -> str | None:
-        value = self.resource.get("crc32c")
-        return str(value) if value else None
+        An empty object needs nothing: its size is 0 and it has no byte to corrupt.
+        """
+        if written == 0:
+            return None
+        if self.size is None:
+            return "no size"
+        if self.crc32c is None:
+            return "no CRC32C"
+        return None
+
+
+# Keys of which one at least is in any object resource: a JSON dict with none of them is
+# an error document or something else, not the object (a 0-byte object may lack the rest).
+_OBJECT_KEYS = ("name", "generation", "bucket", "kind", "id")
+
+
+def _count(resource: Mapping[str, Any], key: str) -> int | None:
+    """A non-negative integer field, given by GCS as a decimal string (int64 in JSON)."""
+    value = resource.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"the object's {key} is not a number: {type(value).__name__}")
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise ValueError(f"the object's {key} is not a number")
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"the object's {key} is negative")
+    return number
+
+
+def _hash(resource: Mapping[str, Any], key: str) -> str | None:
+    """A digest as GCS gives it (base64); compared, not decoded, so any string will do."""
+    value = resource.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"the object's {key} is not a string: {type(value).__name__}")
+    return value
+
+
+def parse_object_resource(body: bytes) -> Finalized:
+    """Read GCS object metadata (a finalize answer, a status query's 200, a metadata GET).
+
+    Defensive by design, because the answer may be cut short, come from a proxy, or come
+    from a server that omits zero fields: ``size``, ``generation``, ``crc32c`` and
+    ``md5Hash`` may each be absent, and numbers may be JSON strings (as GCS sends them) or
+    numbers. Raises ``ValueError`` with a message that names no URL when the body is not
+    JSON object metadata or a field is malformed; never ``KeyError``/``TypeError``.
+    """
+    try:
+        resource = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the answer is not JSON object metadata") from None
+    if not isinstance(resource, dict) or not any(key in resource for key in _OBJECT_KEYS):
+        raise ValueError("the answer is JSON but not object metadata")
+    return Finalized(
+        generation=_count(resource, "generation"),
+        size=_count(resource, "size"),
+        crc32c=_hash(resource, "crc32c"),
+        md5_hash=_hash(resource, "md5Hash"),
+        resource=resource,
+    )
 
 
 def initiate_request(
@@ -143,6 +210,22 @@ def chunk_request(
     return Request("PUT", session_url, headers, data)
 
 
+def object_request(
+    api_endpoint: str, bucket: str, name: str, *, generation: int | None, user_agent: str
+) -> Request:
+    """The metadata GET of ``gs://bucket/name`` (under ``ifGenerationMatch`` when known).
+
+    Used when the final answer was lost or unreadable twice: the object itself says what
+    it holds, and the precondition makes sure it is the generation this upload made.
+    """
+    query = f"?ifGenerationMatch={generation}" if generation is not None else ""
+    url = (
+        f"{api_endpoint.rstrip('/')}/storage/v1/b/{quote(bucket, safe='')}"
+        f"/o/{quote(name, safe='')}{query}"
+    )
+    return Request("GET", url, {"User-Agent": user_agent})
+
+
 def status_request(session_url: str) -> Request:
     """The empty PUT that asks how many bytes the session holds."""
     return Request("PUT", session_url, {"Content-Range": "bytes */*"})
@@ -160,7 +243,8 @@ def parse_upload_answer(
 
     A 308 without ``Range`` means GCS holds nothing yet. Other statuses are the caller's to
     classify (:func:`._retry.classify_status`); this raises ``ValueError`` on a malformed
-    answer, which no retry can fix.
+    answer. For a 200 that means "finalized, but the answer is unreadable" (cut short, not
+    JSON): the caller asks the server what it holds rather than giving up.
     """
     if status == 308:
         range_header = next((v for k, v in headers.items() if k.lower() == "range"), None)
@@ -171,13 +255,7 @@ def parse_upload_answer(
             raise ValueError(f"unexpected Range header {range_header!r} in a 308 answer")
         return Persisted(int(match["end"]) + 1)
     if status in (200, 201):
-        try:
-            resource = json.loads(body)
-        except ValueError:
-            raise ValueError("the finalize answer is not JSON object metadata") from None
-        if not isinstance(resource, dict) or "generation" not in resource:
-            raise ValueError("the finalize answer lacks the object's generation")
-        return Finalized(resource)
+        return parse_object_resource(body)
     raise ValueError(f"status {status} is neither 308 nor 200/201")
 
 
@@ -189,11 +267,3 @@ def error_message(body: bytes) -> str:
         message = body.decode("utf-8", "replace")
     text = " ".join(str(message).split())
     return redact(text[:200])
-
-
-_SESSION_ID = re.compile(r"(upload_id=)[^&\s\"'<>]+")
-
-
-def redact(text: str) -> str:
-    """``text`` with any resumable session id replaced, so it can be logged or raised."""
-    return _SESSION_ID.sub(r"\1<redacted>", text)

@@ -1,31 +1,56 @@
 """The only place that sends HTTP: a request out, a status, headers and body back.
 
-It rides on the google-cloud-storage client's authorized session, so credentials, their
-refresh, ``STORAGE_EMULATOR_HOST`` and ``api_endpoint`` all behave as in the rest of the
-Google client libraries. Failures of the wire become :class:`TransportError`, which the
-caller treats as "the server may or may not have seen it": ask it, never resend blindly.
+It rides on the google-cloud-storage client's credentials, so their refresh,
+``STORAGE_EMULATOR_HOST`` and ``api_endpoint`` all behave as in the rest of the Google client
+libraries. Failures of the wire become :class:`TransportError`, which the caller treats as
+"the server may or may not have seen it": ask it, never resend blindly.
+
+Every request has a wall-clock deadline. ``requests``' timeout bounds each socket operation,
+so a server that drips a byte a second restarts it forever; here a watchdog shuts the
+request's socket down at the deadline, which fails the request at once, whether it is
+connecting, sending its body or reading the answer. That needs to know the request's
+connection, so requests go through a session of our own (sharing the client's credentials)
+whose connection pools register each connection they hand out (:class:`_WatchedAdapter`).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+import contextlib
+import http.client
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 import google.auth.exceptions
 import requests
+import requests.adapters
+import urllib3.connectionpool
 
-from ._protocol import Request, redact
+from ._protocol import Request
+from ._secrets import guard_loggers, redact
 
 __all__ = [
+    "MIN_SEND_RATE",
     "Answer",
     "CredentialsError",
+    "InvalidRequestError",
     "Transport",
     "TransportError",
     "user_agent",
 ]
+
+# A request body may take this long on top of ``timeout``: one second per 256 KiB, so an
+# 8 MiB chunk may take 32 s more on a slow uplink, while a server that reads a byte a
+# second still fails in bounded time.
+MIN_SEND_RATE = 256 * 1024
+
+guard_loggers()
 
 
 @dataclass(frozen=True)
@@ -45,24 +70,8 @@ class CredentialsError(Exception):
     """google-auth could not produce credentials for the request (no or bad credentials)."""
 
 
-class _RedactSessionIds(logging.Filter):
-    """Keep resumable session ids out of urllib3's DEBUG lines ("PUT /upload/...?upload_id=").
-
-    A session URL is a bearer capability: anyone holding it can write the object. urllib3
-    logs request URLs at DEBUG, which many programs turn on while debugging.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(
-            isinstance(arg, str) and "upload_id=" in arg for arg in record.args
-        ):
-            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
-        return True
-
-
-_SESSION_ID_FILTER = _RedactSessionIds()
-for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
-    logging.getLogger(_name).addFilter(_SESSION_ID_FILTER)
+class InvalidRequestError(Exception):
+    """The URL cannot be sent at all (no scheme, no host, bad port): configuration."""
 
 
 def user_agent() -> str:
@@ -73,35 +82,212 @@ def user_agent() -> str:
     return f"gcs-log-sink/{version} {requests.utils.default_user_agent()}"
 
 
-class Transport:
-    """Send :class:`Request` values over a ``requests.Session`` with a per-request timeout."""
+# -- the watchdog ------------------------------------------------------------------------
 
-    def __init__(self, session: requests.Session, timeout: float) -> None:
+
+class _Watch:
+    """One request's deadline and the connections it used; shut down when it expires."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self._done = False
+        self.expired = False
+
+    def add(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.append(connection)
+            if self.expired:
+                _shut(connection)
+
+    def expire(self) -> None:
+        """Shut every connection down; again shortly, for one that had no socket yet."""
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for connection in self._connections:
+                _shut(connection)
+        timer = threading.Timer(0.05, self.expire)
+        timer.daemon = True
+        timer.start()
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        # shutdown, not close: it wakes a thread blocked in recv/send on this socket.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def _watched(seconds: float) -> Iterator[_Watch]:
+    watch = _Watch()
+    _current.watch = watch
+    timer = threading.Timer(max(seconds, 0.0), watch.expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield watch
+    finally:
+        _current.watch = None
+        watch.finish()
+        timer.cancel()
+
+
+class _WatchedPoolMixin:
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)  # type: ignore[misc]
+        watch: _Watch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.add(connection)
+        return connection
+
+
+class _WatchedHTTPPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
+    pass
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """An ``HTTPAdapter`` whose pools tell the current request's watch their connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+# One private session per client session: connections are pooled across streams.
+_SESSIONS: weakref.WeakKeyDictionary[Any, requests.Session] = weakref.WeakKeyDictionary()
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _forget_sessions() -> None:
+    """In a forked child: never reuse the parent's pooled connections (shared sockets)."""
+    global _SESSIONS_LOCK
+    _SESSIONS_LOCK = threading.Lock()  # the parent may have held it while forking
+    _SESSIONS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_sessions)
+
+
+def _watched_session(http: Any) -> tuple[Any, bool]:
+    """A session like ``http`` (same credentials and settings) with watched pools.
+
+    Only for google-auth's ``AuthorizedSession`` without mutual TLS, which is what a
+    ``storage.Client`` makes; any other session (``Client(_http=...)``) is used as given,
+    and its requests are bounded by ``requests``' per-operation timeout only.
+    """
+    from google.auth.transport.requests import AuthorizedSession
+
+    if type(http) is not AuthorizedSession or getattr(http, "is_mtls", False):
+        return http, False
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(http)
+        if session is None:
+            # The same credentials object: a token refreshed by either session serves both.
+            options = {
+                key: getattr(http, f"_{key}")
+                for key in (
+                    "refresh_status_codes",
+                    "max_refresh_attempts",
+                    "refresh_timeout",
+                    "auth_request",
+                    "default_host",
+                )
+                if hasattr(http, f"_{key}")
+            }
+            session = AuthorizedSession(http.credentials, **options)  # type: ignore[no-untyped-call]
+            for attribute in ("verify", "cert", "proxies", "trust_env"):
+                setattr(session, attribute, getattr(http, attribute))
+            adapter = _WatchedAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            _SESSIONS[http] = session
+        return session, True
+
+
+class Transport:
+    """Send :class:`Request` values, each within a wall-clock deadline.
+
+    ``timeout`` bounds a request without a body; a body adds ``len(body) / MIN_SEND_RATE``
+    seconds. ``send(..., not_after=t)`` ends the request by monotonic time ``t`` at the
+    latest (the caller's retry deadline).
+    """
+
+    def __init__(self, session: Any, timeout: float, *, watched: bool = True) -> None:
         self._session = session
         self._timeout = timeout
+        self._watched = watched
 
     @classmethod
     def for_client(cls, client: Any, timeout: float) -> Transport:
         # ``_http`` is the client's google.auth AuthorizedSession; google-cloud-storage's own
         # Blob uploads go through it the same way.
-        return cls(client._http, timeout)
+        guard_loggers()  # loggers the libraries created since import
+        session, watched = _watched_session(client._http)
+        return cls(session, timeout, watched=watched)
 
-    def send(self, request: Request) -> Answer:
+    def deadline(self, request: Request, now: float, not_after: float | None = None) -> float:
+        """The monotonic time by which ``request``, sent at ``now``, must be done."""
+        own = now + self._timeout + len(request.body) / MIN_SEND_RATE
+        return own if not_after is None else min(own, not_after)
+
+    def send(self, request: Request, *, not_after: float | None = None) -> Answer:
+        now = time.monotonic()
+        deadline = self.deadline(request, now, not_after)
+        seconds = max(deadline - now, 0.001)
+        watch = _watched(seconds) if self._watched else contextlib.nullcontext(None)
         try:
-            response = self._session.request(
-                request.method,
-                request.url,
-                headers=dict(request.headers),
-                data=request.body,
-                timeout=self._timeout,
-                # GCS's 308 means "resume incomplete", not a redirect to follow.
-                allow_redirects=False,
-            )
-            body = response.content
+            with watch as watching:
+                response = self._session.request(
+                    request.method,
+                    request.url,
+                    headers=dict(request.headers),
+                    data=request.body,
+                    timeout=min(self._timeout, seconds),
+                    # GCS's 308 means "resume incomplete", not a redirect to follow.
+                    allow_redirects=False,
+                )
+                body = response.content
+        except (
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+            requests.exceptions.InvalidURL,
+            requests.exceptions.URLRequired,
+        ) as exc:
+            raise InvalidRequestError(type(exc).__name__) from None
         except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
+            if watching is not None and watching.expired:
+                raise TransportError(f"no answer in {seconds:.1f} s (request deadline)") from None
             # No chaining of the original: its message holds the session URL.
             raise TransportError(type(exc).__name__) from None
         except google.auth.exceptions.GoogleAuthError as exc:
             # Refresh failed (after a 401, or before the first request): no usable credentials.
-            raise CredentialsError(str(exc)) from None
+            raise CredentialsError(redact(str(exc))) from None
+        except (OSError, http.client.HTTPException) as exc:
+            # The watchdog's shutdown can surface below requests' own exception mapping.
+            if watching is not None and watching.expired:
+                raise TransportError(f"no answer in {seconds:.1f} s (request deadline)") from None
+            raise TransportError(type(exc).__name__) from None
         return Answer(response.status_code, response.headers, body)

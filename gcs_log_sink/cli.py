@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import ConfigurationError, GCSLogSinkError, PreconditionFailedError
@@ -102,26 +101,12 @@ _SECONDS_OR_ZERO = _option_type(lambda text: parse_seconds(text, zero_ok=True), 
 _PART_SECONDS = _option_type(lambda text: parse_seconds(text, minimum=1.0), "seconds")
 
 
-def endpoint_problem(endpoint: str, *, from_env: bool) -> str | None:
-    """Why a storage endpoint can never answer (a configuration error, not an outage)."""
-    parts = urlsplit(endpoint)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return None
-    source = "STORAGE_EMULATOR_HOST" if from_env else "the storage endpoint"
-    return f"{source}={endpoint!r} is not a URL: write it as http://HOST:PORT"
-
-
 def _client() -> Any:
+    # default_client() checks the endpoint first: a mistyped STORAGE_EMULATOR_HOST is one
+    # ConfigurationError (one line, exit 2), not a retry loop.
     from .stream import default_client
 
-    client = default_client()
-    problem = endpoint_problem(
-        str(getattr(client, "api_endpoint", "") or ""),
-        from_env=bool(os.environ.get("STORAGE_EMULATOR_HOST")),
-    )
-    if problem is not None:
-        raise ConfigurationError(problem)
-    return client
+    return default_client()
 
 
 def _say(line: str) -> None:

@@ -89,8 +89,8 @@ def validate_object_name(name: str) -> str:
 
 # -- object-name templates for rotating handlers -------------------------------------------
 
-TEMPLATE_FIELDS = ("prefix", "start", "host", "pid", "seq", "stream")
-DEFAULT_TEMPLATE = "{prefix}{start:%Y/%m/%d/%H%M%S}-{host}-{pid}-{seq:05d}.log"
+TEMPLATE_FIELDS = ("prefix", "start", "host", "pid", "instance", "seq", "stream")
+DEFAULT_TEMPLATE = "{prefix}{start:%Y/%m/%d/%H%M%S}-{host}-{pid}-{instance}-{seq:05d}.log"
 _SAMPLE_START = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 _UNSAFE_IN_FIELD = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")
 
@@ -106,6 +106,8 @@ class ObjectNameTemplate:
     """How a rotating writer names its objects: one ``str.format`` template, checked once.
 
     Fields: ``prefix``, ``start`` (the window's start, a UTC ``datetime``), ``host``, ``pid``,
+    ``instance`` (a random token per handler and process: two containers that share a
+    hostname and pid 1 still name their objects apart),
     ``seq`` (a per-process counter), ``stream`` (a name the user gives). ``seq`` is required:
     it is what keeps two objects of one process apart, and what a writer bumps when a name
     is already taken by another process.
@@ -152,10 +154,14 @@ class ObjectNameTemplate:
                 "(or set rotate_seconds=None)"
             )
         result = cls(template=template, prefix=prefix, fields=frozenset(fields))
-        result.render(start=_SAMPLE_START, seq=0, host="host", pid=1, stream="log")
+        result.render(
+            start=_SAMPLE_START, seq=0, host="host", pid=1, stream="log", instance="a1b2c3"
+        )
         return result
 
-    def render(self, *, start: datetime, seq: int, host: str, pid: int, stream: str) -> str:
+    def render(
+        self, *, start: datetime, seq: int, host: str, pid: int, stream: str, instance: str
+    ) -> str:
         """The object name for these values, validated; ConfigurationError if it is bad."""
         try:
             name = self.template.format(
@@ -163,6 +169,7 @@ class ObjectNameTemplate:
                 start=start,
                 host=safe_field(host),
                 pid=pid,
+                instance=instance,
                 seq=seq,
                 stream=safe_field(stream),
             )

@@ -11,12 +11,16 @@ there. Never resend blindly: a resent chunk at a stale offset is how duplicates 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
+from urllib.parse import urlsplit
 
 from . import errors
 from ._chunks import UPLOAD_UNIT, ChunkBuffer, crc32c_base64, next_chunk_length
@@ -28,18 +32,30 @@ from ._protocol import (
     chunk_request,
     error_message,
     initiate_request,
+    object_request,
+    parse_object_resource,
     parse_session_url,
     parse_upload_answer,
     status_request,
 )
 from ._retry import Attempt, RetryPolicy, Verdict, classify_status
-from ._transport import Answer, CredentialsError, Transport, TransportError, user_agent
+from ._transport import (
+    Answer,
+    CredentialsError,
+    InvalidRequestError,
+    Transport,
+    TransportError,
+    user_agent,
+)
 from .naming import validate_bucket_name, validate_object_name
 from .spool import Segment, Spool
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "GCSObjectStream"]
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+# How long a garbage-collected stream tries to cancel its session: a finalizer runs on
+# whatever thread collects it, so it must not block for a whole ``timeout``.
+_ABANDON_SECONDS = 2.0
 
 
 def validate_chunk_size(chunk_size: int) -> int:
@@ -74,11 +90,59 @@ def _validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | N
     return dict(metadata)
 
 
+def validate_endpoint(endpoint: Any, source: str = "api_endpoint") -> str:
+    """``endpoint`` if a request can be sent to it, else a :class:`ConfigurationError`.
+
+    Without this, ``STORAGE_EMULATOR_HOST=localhost:9023`` (no scheme) or a port that no
+    socket can connect to fails every request the same way, and the retry loop would go on
+    for ``retry_deadline`` before saying anything. These never work: say so at once.
+    """
+    if not isinstance(endpoint, str) or not endpoint.strip():
+        raise errors.ConfigurationError(f"{source} is empty: expected http(s)://host[:port]")
+    parts = urlsplit(endpoint)
+    shown = endpoint if "@" not in parts.netloc else "<an endpoint with credentials in it>"
+    if parts.scheme not in ("http", "https"):
+        raise errors.ConfigurationError(
+            f"{source} must start with http:// or https://, got {shown!r}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise errors.ConfigurationError(f"{source} has an invalid port: {shown!r}") from None
+    if not parts.hostname:
+        raise errors.ConfigurationError(f"{source} names no host: {shown!r}")
+    if port == 0:
+        raise errors.ConfigurationError(f"{source} has port 0, which no server listens on")
+    if any(ch.isspace() or ord(ch) < 0x20 for ch in endpoint) or parts.query or parts.fragment:
+        raise errors.ConfigurationError(f"{source} is not a plain base URL: {shown!r}")
+    return endpoint
+
+
 def default_client() -> Any:
-    """``google.cloud.storage.Client()``: the user's credentials, project and emulator host."""
+    """``google.cloud.storage.Client()``: the user's credentials, project and emulator host.
+
+    The endpoint is checked first (``STORAGE_EMULATOR_HOST``, then the client's own), so a
+    mistyped one is one :class:`ConfigurationError` here, for the handler, the CLI and the
+    stream alike, instead of a retry loop against a URL that can never answer.
+    """
     from google.cloud import storage
 
-    return storage.Client()
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:  # set but empty is unset, for google-cloud-storage too
+        validate_endpoint(emulator, "STORAGE_EMULATOR_HOST")
+    client = storage.Client()
+    validate_endpoint(getattr(client, "api_endpoint", None), "the storage client's api_endpoint")
+    return client
+
+
+class UploadObserver(Protocol):
+    """Told of each failed try and each answer from GCS (a handler's outage reporting)."""
+
+    def retrying(self, reason: str) -> None:
+        """A request failed in a way that is retried; ``reason`` names no secret."""
+
+    def answered(self) -> None:
+        """GCS answered a request (not with a retryable status): it is reachable."""
 
 
 class GCSObjectStream(io.BufferedIOBase):
@@ -119,16 +183,18 @@ class GCSObjectStream(io.BufferedIOBase):
         _rng: random.Random | None = None,
         spool_dir: str | None = None,
         _resume: tuple[str, Callable[[int], int]] | None = None,
+        _observer: UploadObserver | None = None,
     ) -> None:
         super().__init__()
         # State close() reads first: a constructor that raises still leaves a closable
         # object, and IOBase.__del__ will close it.
         self._lock = threading.RLock()  # IOBase.close() calls flush() under our lock
         self._opened = False
-        self._failure: errors.UploadError | None = None
+        self._failure: errors.GCSLogSinkError | None = None
         self._result: Finalized | None = None
         self._buffer = ChunkBuffer()
         self._resumed_at = 0
+        self._wire_error = "connection failed"  # why the last request got no answer
         self._spool: Spool | None = None
         self._segment: Segment | None = None
         if not isinstance(bucket, str) and hasattr(bucket, "name"):
@@ -152,7 +218,11 @@ class GCSObjectStream(io.BufferedIOBase):
         # loop stops at its next wait instead of retrying on for retry_deadline.
         self._cancel = _cancel or threading.Event()
         self._rng = _rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._observer = _observer
         self._client = client if client is not None else default_client()
+        self._endpoint = validate_endpoint(
+            getattr(self._client, "api_endpoint", None), "the client's api_endpoint"
+        )
         self._transport = Transport.for_client(self._client, timeout)
         if spool_dir is not None:
             # Locked before any request: a second writer on this spool fails here, at once.
@@ -185,9 +255,9 @@ class GCSObjectStream(io.BufferedIOBase):
         self._resumed_at = 0
         attempt: Attempt | None = None
         while True:
-            answer = self._send(status_request(self._session_url))
+            answer = self._send(status_request(self._session_url), attempt)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 continue
             verdict = classify_status(answer.status)
             if verdict is Verdict.RETRY:
@@ -198,10 +268,17 @@ class GCSObjectStream(io.BufferedIOBase):
             try:
                 outcome = parse_upload_answer(answer.status, answer.headers, answer.body)
             except ValueError as exc:
-                self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
+                if answer.status == 308:
+                    self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
+                # Finalized before the crash, but the answer is unreadable: ask the object.
+                outcome = self._fetch_object(None, attempt)
             if isinstance(outcome, Finalized):
-                self._result = outcome  # finalized before the crash: nothing left to send
-                self._resumed_at = outcome.size
+                # Finalized before the crash: nothing left to send. The size is what the
+                # caller (recovery) compares with its spool, so it must be known.
+                if outcome.size is None:
+                    outcome = self._fetch_object(outcome.generation, attempt)
+                self._result = outcome
+                self._resumed_at = self._known_size(outcome)
                 return
             self._buffer.start_at(outcome.offset, prefix_crc(outcome.offset))
             self._resumed_at = outcome.offset
@@ -262,13 +339,16 @@ class GCSObjectStream(io.BufferedIOBase):
 
     def abort(self) -> None:
         """Cancel the upload: nothing written becomes an object. Never raises for GCS."""
+        self._abort(None)
+
+    def _abort(self, not_after: float | None) -> None:
         with self._lock:
             if self.closed:
                 return
             try:
                 if self._active():
-                    self._transport.send(cancel_request(self._session_url))
-            except (TransportError, CredentialsError):
+                    self._transport.send(cancel_request(self._session_url), not_after=not_after)
+            except (TransportError, CredentialsError, InvalidRequestError):
                 pass  # an uncancelled session expires by itself, unseen
             finally:
                 self._failure = self._failure or errors.SessionLostError(
@@ -280,6 +360,26 @@ class GCSObjectStream(io.BufferedIOBase):
                     self._spool.release()
                 super().close()
 
+    def __del__(self) -> None:
+        """Dropped unfinished (no ``close()``, no ``with``): abort, never finalize.
+
+        ``IOBase.__del__`` would call ``close()``, which finalizes: a stream lost to an
+        exception path or a forgotten reference would then publish a truncated object that
+        looks complete. Only ``close()`` and ``with`` make an object; this cancels the
+        session (a short, bounded try: a finalizer must not hang) and releases the spool.
+        """
+        try:
+            if self.closed:
+                return
+            cancel = getattr(self, "_cancel", None)  # None: the constructor raised early
+            if sys.is_finalizing() or cancel is None or cancel.is_set():
+                # At exit, or the owner already gave up on GCS: no request at all (an
+                # unfinalized session is invisible and expires by itself).
+                self._opened = False
+            self._abort(time.monotonic() + _ABANDON_SECONDS)
+        except Exception:  # noqa: S110 - a finalizer must not raise; the session expires
+            pass
+
     def _detach(self) -> None:
         """Close without finalizing or cancelling: the session stays resumable (spool)."""
         with self._lock:
@@ -288,6 +388,14 @@ class GCSObjectStream(io.BufferedIOBase):
                     "detached", bucket=self.bucket, name=self.name
                 )
                 super().close()
+
+    def _retained_whole(self) -> bytes | None:
+        """Every byte written, while GCS has confirmed none of them (all are still held):
+        what a writer can send again under another name when the finalize was refused."""
+        with self._lock:
+            if self._buffer.confirmed != 0:
+                return None
+            return bytes(self._buffer.peek(self._buffer.pending))
 
     def tell(self) -> int:
         """Bytes written so far."""
@@ -331,7 +439,7 @@ class GCSObjectStream(io.BufferedIOBase):
 
     def _initiate(self, content_type: str, if_generation_match: int | None) -> str:
         request = initiate_request(
-            self._client.api_endpoint,
+            self._endpoint,
             self.bucket,
             self.name,
             content_type=content_type,
@@ -343,7 +451,7 @@ class GCSObjectStream(io.BufferedIOBase):
         while True:
             answer = self._send(request)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 continue
             if answer.status in (200, 201):
                 session_url = parse_session_url(answer.headers)
@@ -383,9 +491,9 @@ class GCSObjectStream(io.BufferedIOBase):
                     crc32c=self._buffer.crc32c,
                 )
             before = self._buffer.confirmed
-            answer = self._send(request)
+            answer = self._send(request, attempt)
             if answer is None:
-                attempt = self._wait(attempt, "connection failed")
+                attempt = self._wait(attempt, self._wire_error)
                 asking = True
                 continue
             verdict = classify_status(answer.status)
@@ -395,55 +503,158 @@ class GCSObjectStream(io.BufferedIOBase):
                 continue
             if verdict not in (Verdict.OK, Verdict.INCOMPLETE):
                 self._fail_for(verdict, answer)
-            progress = self._apply(answer, final=final)
-            if progress is None:  # finalized
-                return
-            if progress > before:
-                attempt = None
-            elif request.body and not asking:
-                # GCS kept none of a chunk it answered: wait before offering it again.
-                attempt = self._wait(attempt, "no bytes persisted")
-            asking = False
-
-    def _apply(self, answer: Answer, *, final: bool) -> int | None:
-        """Take a 308 or 200 into the buffer; the new confirmed offset, or None if final."""
-        try:
-            outcome = parse_upload_answer(answer.status, answer.headers, answer.body)
+            try:
+                outcome = parse_upload_answer(answer.status, answer.headers, answer.body)
+            except ValueError as exc:
+                if answer.status == 308:
+                    self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
+                if not final:
+                    self._fail(errors.UploadError, "GCS finalized the object before close()", None)
+                # Finalized (a 200) but the answer is cut short or not JSON: treat it as a
+                # lost answer. The session's status query answers with the object; if that
+                # is unreadable too, the object's own metadata says what it holds.
+                if asking:
+                    self._finish(self._fetch_object(None, attempt))
+                    return
+                asking = True
+                continue
             if isinstance(outcome, Persisted):
-                self._buffer.release_to(outcome.offset)
-                return outcome.offset
+                progress = self._take(outcome, answer)
+                if progress > before:
+                    attempt = None
+                elif request.body and not asking:
+                    # GCS kept none of a chunk it answered: wait before offering it again.
+                    attempt = self._wait(attempt, "no bytes persisted")
+                asking = False
+                continue
+            if not final:
+                self._fail(errors.UploadError, "GCS finalized the object before close()", answer)
+            if outcome.missing_for(self._buffer.end) is not None:
+                # Readable, but without what verification needs (a server that leaves out
+                # empty fields): ask the session, then the object, before giving up.
+                if not asking:
+                    asking = True
+                    continue
+                outcome = self._fetch_object(outcome.generation, attempt)
+            self._finish(outcome)
+            return
+
+    def _take(self, outcome: Persisted, answer: Answer) -> int:
+        """Release what a 308 says GCS holds; the new confirmed offset."""
+        try:
+            self._buffer.release_to(outcome.offset)
         except ValueError as exc:
             self._fail(errors.UploadError, f"GCS answered inconsistently: {exc}", answer)
-        if not final:
-            self._fail(errors.UploadError, "GCS finalized the object before close()", answer)
+        return outcome.offset
+
+    def _finish(self, outcome: Finalized) -> None:
+        """Verify the finalized object against every byte written, then keep its metadata."""
+        missing = outcome.missing_for(self._buffer.end)
+        if missing is not None:
+            self._fail(
+                errors.UploadError,
+                f"the object was finalized, but GCS reports {missing} for it, so it cannot "
+                "be verified",
+                None,
+            )
         self._verify(outcome)
-        self._result = outcome
-        return None
+        # Verified: the object holds exactly what was written, so report that even where
+        # the answer left a zero field out.
+        self._result = dataclasses.replace(
+            outcome, size=self._buffer.end, crc32c=crc32c_base64(self._buffer.crc32c)
+        )
+
+    def _fetch_object(self, generation: int | None, attempt: Attempt | None) -> Finalized:
+        """The object's metadata, asked of GCS (a GET, under ifGenerationMatch when known).
+
+        For when the final answer was lost or unreadable twice. Retried like any request
+        until ``retry_deadline``; 404 and 412 mean the object this upload made is not (or no
+        longer) there, which no retry can change.
+        """
+        request = object_request(
+            self._endpoint, self.bucket, self.name, generation=generation, user_agent=user_agent()
+        )
+        while True:
+            answer = self._send(request, attempt)
+            if answer is None:
+                attempt = self._wait(attempt, self._wire_error)
+                continue
+            if answer.status == 200:
+                try:
+                    return parse_object_resource(answer.body)
+                except ValueError as exc:
+                    attempt = self._wait(attempt, f"object metadata unreadable: {exc}")
+                    continue
+            verdict = classify_status(answer.status)
+            if verdict is Verdict.RETRY:
+                attempt = self._wait(attempt, f"HTTP {answer.status}")
+                continue
+            if answer.status == 404:
+                self._fail(
+                    errors.UploadError,
+                    "GCS answered the final request, but the object is not there",
+                    answer,
+                )
+            if answer.status == 412:
+                self._fail(
+                    errors.UploadError,
+                    "the object was replaced before it could be verified",
+                    answer,
+                )
+            self._fail_for(verdict, answer)
+
+    def _known_size(self, outcome: Finalized) -> int:
+        if outcome.size is None:
+            self._fail(errors.UploadError, "GCS reports no size for the object", None)
+        return outcome.size
 
     def _verify(self, outcome: Finalized) -> None:
         expected_crc = crc32c_base64(self._buffer.crc32c)
-        if outcome.size != self._buffer.end or outcome.crc32c != expected_crc:
+        # An empty object needs neither field (servers may leave zero values out).
+        size = outcome.size if outcome.size is not None else 0
+        crc = outcome.crc32c if outcome.crc32c is not None else crc32c_base64(0)
+        if size != self._buffer.end or crc != expected_crc:
             self._fail(
                 errors.IntegrityError,
-                f"object holds {outcome.size} bytes with CRC32C {outcome.crc32c}, but "
+                f"object holds {size} bytes with CRC32C {crc}, but "
                 f"{self._buffer.end} bytes with CRC32C {expected_crc} were written",
                 None,
             )
 
-    def _send(self, request: Request) -> Answer | None:
-        """One request; ``None`` when the wire failed and the server may have seen it."""
+    def _send(self, request: Request, attempt: Attempt | None = None) -> Answer | None:
+        """One request; ``None`` when the wire failed and the server may have seen it.
+
+        While retrying, a request may not outlive ``retry_deadline``: with the transport's
+        own deadline per request, that bounds the wall time of every operation.
+        """
+        not_after = None
+        if attempt is not None:
+            not_after = attempt.started + self._policy.deadline
         try:
-            return self._transport.send(request)
-        except TransportError:
+            answer = self._transport.send(request, not_after=not_after)
+        except TransportError as exc:
+            self._wire_error = f"connection failed: {exc}"
             return None
+        except InvalidRequestError as exc:
+            failure = errors.ConfigurationError(
+                f"gs://{self.bucket}/{self.name}: the request URL cannot be sent ({exc}); "
+                "check the client's api_endpoint / STORAGE_EMULATOR_HOST"
+            )
+            self._failure = failure
+            raise failure from None
         except CredentialsError as exc:
             self._fail(errors.PermissionDeniedError, f"no usable credentials: {exc}", None)
+        if self._observer is not None and classify_status(answer.status) is not Verdict.RETRY:
+            self._observer.answered()
+        return answer
 
     def _wait(self, attempt: Attempt | None, reason: str) -> Attempt:
         """Sleep before the next try, or raise once ``retry_deadline`` has passed."""
         now = time.monotonic()
         attempt = attempt or self._policy.start(now)
         delay = attempt.next_delay(now, self._rng)
+        if self._observer is not None:
+            self._observer.retrying(reason)
         if delay is None or self._cancel.is_set():
             self._fail(
                 errors.RetryDeadlineExceededError,

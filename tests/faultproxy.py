@@ -62,6 +62,11 @@ FAULT_KINDS: tuple[str, ...] = (
     "stall",  # hold the request for stall_seconds without forwarding, then TCP RST
     "stall_after",  # forward, then hold the answer for stall_seconds, then TCP RST
     "delay_before",  # hold the request for stall_seconds, then forward it normally: a slow GCS
+    "cut_body",  # forward, relay the answer's head, cut its body after cut_bytes and close:
+    #   no Content-Length, so the client cannot tell (an answer "cut short")
+    "not_json",  # forward, relay the status but replace the body with an HTML page
+    "no_size",  # forward, drop "size" from a JSON object answer (as proto3 JSON drops zeros)
+    "drip",  # forward, then send the answer one byte every drip_seconds: a dripping server
 )
 
 # Besides FAULT_KINDS, "NNN_before" answers any status NNN without forwarding (a 403, a 404
@@ -139,6 +144,9 @@ class _Answer(NamedTuple):
     reason: str
     headers: list[tuple[str, str]]
     body: bytes
+    # How to send it: "" in full; "cut" head and the first cut_bytes of the body, then
+    # close; "drip" a byte at a time.
+    how: str = ""
 
 
 def _error_answer(status: int) -> _Answer:
@@ -200,13 +208,21 @@ def _read_request(sock: socket.socket, rfile: BinaryIO) -> tuple[ProxiedRequest,
     return ProxiedRequest(method, path, query, tuple(headers.items()), body), keep_alive
 
 
-def _send_answer(sock: socket.socket, answer: _Answer, keep_alive: bool) -> None:
+def _answer_bytes(answer: _Answer, keep_alive: bool) -> bytes:
     lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
     lines += [f"{name}: {value}" for name, value in answer.headers]
     if not any(name.lower() == "content-length" for name, _ in answer.headers):
         lines.append(f"Content-Length: {len(answer.body)}")
     lines.append("Connection: " + ("keep-alive" if keep_alive else "close"))
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.body)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.body
+
+
+def _cut_answer_bytes(answer: _Answer, cut: int) -> bytes:
+    """The head without Content-Length (the body ends when the connection does), cut body."""
+    lines = [f"HTTP/1.1 {answer.status} {answer.reason}"]
+    lines += [f"{n}: {v}" for n, v in answer.headers if n.lower() != "content-length"]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.body[:cut]
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -240,13 +256,23 @@ class FaultProxy:
     request handled (appended under a lock).
     """
 
-    def __init__(self, upstream: str, *, seed: int = 0, stall_seconds: float = 3.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        stall_seconds: float = 3.0,
+        drip_seconds: float = 1.0,
+        cut_bytes: int = 1,
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("upstream must be an http:// URL on loopback")
         self._upstream = (parts.hostname, parts.port or 80)
         self.seed = seed
         self.stall_seconds = stall_seconds
+        self.drip_seconds = drip_seconds  # "drip": the pause between two bytes of an answer
+        self.cut_bytes = cut_bytes  # "cut_body": how many bytes of the body get through
         self.events: list[Event] = []
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -391,7 +417,15 @@ class FaultProxy:
                 answer = self._handle(req)
                 if answer is None:
                     break
-                _send_answer(sock, answer, keep_alive)
+                if answer.how == "cut":
+                    sock.sendall(_cut_answer_bytes(answer, self.cut_bytes))
+                    reset = False  # an orderly close: the client reads a short body, no error
+                    break
+                if answer.how == "drip":
+                    if not self._drip(sock, _answer_bytes(answer, keep_alive)):
+                        break
+                else:
+                    sock.sendall(_answer_bytes(answer, keep_alive))
                 if not keep_alive:
                     reset = False
                     break
@@ -403,6 +437,18 @@ class FaultProxy:
             rfile.close()
             if reset:
                 _reset(sock)
+
+    def _drip(self, sock: socket.socket, data: bytes) -> bool:
+        """Send ``data`` a byte at a time; False when the client left or the proxy stops."""
+        self.faulting.set()
+        for index in range(len(data)):
+            if self._stopping.wait(self.drip_seconds if index else 0):
+                return False
+            try:
+                sock.sendall(data[index : index + 1])
+            except OSError:
+                return False
+        return True
 
     def _decide(self, req: ProxiedRequest) -> tuple[str | None, int]:
         """The fault for ``req`` and, for partial kinds, how many upload units to forward."""
@@ -465,6 +511,17 @@ class FaultProxy:
             elif kind == "stall_after":
                 self.faulting.set()  # the server has it; the client waits for an answer
                 self._stopping.wait(self.stall_seconds)
+            elif kind in ("cut_body", "drip"):
+                answer = upstream._replace(how="cut" if kind == "cut_body" else "drip")
+            elif kind == "not_json":
+                page = b"<html><body>OK</body></html>"
+                answer = upstream._replace(
+                    headers=[(n, v) for n, v in upstream.headers if n.lower() != "content-type"]
+                    + [("Content-Type", "text/html")],
+                    body=page,
+                )
+            elif kind == "no_size":
+                answer = upstream._replace(body=_without_size(upstream.body))
             elif kind not in ("reset_after", "partial_reset", "stall_after"):
                 answer = upstream
         event = Event(req.method, req.path, req.header("Content-Range"), kind, status)
@@ -508,6 +565,18 @@ class FaultProxy:
                 with self._lock:
                     self._upstreams.discard(upstream_sock)
             conn.close()
+
+
+def _without_size(body: bytes) -> bytes:
+    """A JSON object answer without its ``size`` field; any other body unchanged."""
+    try:
+        resource = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(resource, dict):
+        return body
+    resource.pop("size", None)
+    return json.dumps(resource).encode()
 
 
 def _check_kinds(kinds: Sequence[str]) -> None:

@@ -19,7 +19,8 @@ from helpers import crc32c_b64, read_object
 
 from gcs_log_sink import AsyncGCSObjectStream, ConfigurationError
 from gcs_log_sink._chunks import crc32c_base64
-from gcs_log_sink._localgcs import free_port
+from gcs_log_sink._transport import Transport
+from gcs_log_sink.testing import free_port
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 from fastapi_upload import create_app
@@ -27,17 +28,19 @@ from fastapi_upload import create_app
 UNIT = 256 * 1024
 
 
-def test_async_stream_round_trip_never_does_io_on_the_loop_thread(gcs: Any, bucket: str) -> None:
+def test_async_stream_round_trip_never_does_io_on_the_loop_thread(
+    gcs: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every HTTP request runs off the event loop's thread; the object arrives intact."""
     client = gcs.client()
     request_threads: set[int] = set()
-    send = client._http.request
+    send = Transport.send
 
-    def recording_request(*args: Any, **kwargs: Any) -> Any:
+    def recording_send(self: Transport, *args: Any, **kwargs: Any) -> Any:
         request_threads.add(threading.get_ident())
-        return send(*args, **kwargs)
+        return send(self, *args, **kwargs)
 
-    client._http.request = recording_request
+    monkeypatch.setattr(Transport, "send", recording_send)
     data = os.urandom(10 * UNIT + 123)
 
     async def run() -> tuple[int, AsyncGCSObjectStream]:
@@ -48,7 +51,7 @@ def test_async_stream_round_trip_never_does_io_on_the_loop_thread(gcs: Any, buck
         return threading.get_ident(), out
 
     loop_thread, out = asyncio.run(run())
-    del client._http.request  # stop recording: the reads below run on this thread
+    monkeypatch.undo()  # stop recording: the reads below run on this thread
     assert data == read_object(client, bucket, "async.bin")
     assert crc32c_b64(data) == out.crc32c
     assert len(data) == out.size
@@ -149,3 +152,20 @@ def test_fastapi_maps_errors_to_statuses(client: Any, bucket: str, app_url: str)
     assert 400 == bad.status_code
     assert "control character" in bad.json()["detail"]
     assert b"first" == read_object(client, bucket, "kept")
+
+
+def test_an_async_stream_dropped_unfinished_is_aborted(gcs: Any, bucket: str) -> None:
+    """Opened, written, never closed, garbage-collected: no (truncated) object appears."""
+    import gc
+
+    client = gcs.client()
+
+    async def run() -> None:
+        out = await AsyncGCSObjectStream(
+            bucket, "dropped.bin", client=client, chunk_size=UNIT
+        ).open()
+        await out.write(os.urandom(UNIT + 10))
+
+    asyncio.run(run())
+    gc.collect()
+    assert not client.bucket(bucket).blob("dropped.bin").exists()

@@ -235,7 +235,7 @@ def test_configuration_errors_fail_at_once_in_one_line(
     status = 1
     if case == "no scheme":
         env["STORAGE_EMULATOR_HOST"] = proxy.url.removeprefix("http://")
-        status, message = 2, "is not a URL: write it as http://HOST:PORT"
+        status, message = 2, "STORAGE_EMULATOR_HOST must start with http:// or https://"
     elif case == "no credentials":
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOOGLE")}
         env.pop("STORAGE_EMULATOR_HOST", None)

@@ -315,7 +315,7 @@ def test_nothing_recorded_holds_the_upload_id(session: requests.Session, proxy: 
 
     session_url = open_session(session, proxy)
     upload_id = session_url.split("upload_id=", 1)[1]
-    quick = [kind for kind in FAULT_KINDS if not kind.startswith("stall")]
+    quick = [kind for kind in FAULT_KINDS if not kind.startswith("stall") and kind != "drip"]
     proxy.script(quick, match=match)
     for _ in quick:
         start = query_held(session, session_url)
@@ -405,3 +405,60 @@ def test_rejects_unknown_kinds_and_non_loopback_upstreams(proxy: FaultProxy) -> 
         proxy.script(["503_before", "teapot"])
     with pytest.raises(ValueError, match="loopback"):
         FaultProxy("http://192.0.2.1:80")
+
+
+def test_cut_body_finalizes_but_the_client_reads_a_short_answer(
+    session: requests.Session, proxy: FaultProxy
+) -> None:
+    """cut_body: the server finalizes; the client gets 200 and cut_bytes of the JSON, no error."""
+    session_url = open_session(session, proxy)
+    body, content_range = chunk(10, total=10)
+    proxy.cut_bytes = 3
+    proxy.script(["cut_body"], match=is_chunk_upload)
+    try:
+        answer = put(session, session_url, body, content_range)
+    finally:
+        proxy.cut_bytes = 1
+    assert 200 == answer.status_code
+    assert 3 == len(answer.content)
+    assert body == read_object(session, proxy, session_url)
+
+
+def test_not_json_keeps_the_status_and_replaces_the_body(
+    session: requests.Session, proxy: FaultProxy
+) -> None:
+    """not_json: 200 with an HTML page; the server finalized all the same."""
+    session_url = open_session(session, proxy)
+    body, content_range = chunk(10, total=10)
+    proxy.script(["not_json"], match=is_chunk_upload)
+    answer = put(session, session_url, body, content_range)
+    assert (200, "text/html") == (answer.status_code, answer.headers["Content-Type"])
+    with pytest.raises(ValueError):  # noqa: PT011 - whatever json says
+        answer.json()
+    assert body == read_object(session, proxy, session_url)
+
+
+def test_no_size_drops_only_the_size(session: requests.Session, proxy: FaultProxy) -> None:
+    """no_size: the object answer keeps its other fields and loses ``size``."""
+    session_url = open_session(session, proxy)
+    proxy.script(["no_size"], match=lambda req: req.method == "PUT")
+    resource = put(session, session_url, b"", "bytes */0").json()
+    assert "size" not in resource
+    assert "generation" in resource
+    assert "0" == put(session, session_url, b"", "bytes */*").json()["size"]
+
+
+def test_drip_sends_the_answer_a_byte_at_a_time(
+    session: requests.Session, proxy: FaultProxy
+) -> None:
+    """drip: requests' read timeout restarts with every byte, so only wall time tells."""
+    proxy.drip_seconds = 0.02
+    proxy.script(["drip"], match=is_status_query)
+    session_url = open_session(session, proxy)
+    started = time.monotonic()
+    try:
+        assert 0 == query_held(session, session_url)
+    finally:
+        proxy.drip_seconds = 1.0
+    elapsed = time.monotonic() - started
+    assert elapsed > 1.5, elapsed  # over 75 bytes at 0.02 s, under a 5 s read timeout

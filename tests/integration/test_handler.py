@@ -81,7 +81,7 @@ def test_dictconfig_four_threads_every_record_once_in_order(client: Any, bucket:
     log.removeHandler(handler)
 
     objects = read_all(client, bucket)
-    pattern = re.compile(r"svc/\d{4}/\d{2}/\d{2}/\d{6}-[^/]+-\d+-\d{5}\.log")
+    pattern = re.compile(r"svc/\d{4}/\d{2}/\d{2}/\d{6}-[^/]+-\d+-[0-9a-f]{8}-\d{5}\.log")
     assert all(pattern.fullmatch(name) for name in objects), sorted(objects)
     assert len(objects) > 1  # max_bytes rolled
     seen: dict[int, list[int]] = {t: [] for t in range(4)}

@@ -6,16 +6,18 @@ import io
 import os
 import random
 import shutil
+import time
 from typing import Any
 
 import pytest
-from helpers import crc32c_b64, random_writes, read_object
+from helpers import client_for, crc32c_b64, random_writes, read_object
 
 from gcs_log_sink import (
     BucketNotFoundError,
     ConfigurationError,
     GCSObjectStream,
     PreconditionFailedError,
+    UploadError,
 )
 from gcs_log_sink._localgcs import LocalGCS
 
@@ -217,3 +219,70 @@ def test_urllib3_debug_lines_never_show_the_session_id(client: Any, bucket: str)
     assert any("upload_id=<redacted>" in line for line in lines), lines
     assert not any(session_id in line for line in lines)
     assert b"" != read_object(client, bucket, "quiet")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("localhost:9023", "must start with http:// or https://"),
+        ("127.0.0.1:9023", "must start with http:// or https://"),
+        ("http://127.0.0.1:0", "port 0"),
+        ("http://127.0.0.1:99999", "invalid port"),
+        ("http://", "names no host"),
+        ("http://127.0.0.1:9023/?x=1", "plain base URL"),
+    ],
+)
+def test_a_bad_emulator_host_fails_at_once_in_default_client(
+    monkeypatch: pytest.MonkeyPatch, endpoint: str, message: str
+) -> None:
+    """STORAGE_EMULATOR_HOST that can never answer: one ConfigurationError, no retry loop."""
+    from gcs_log_sink.stream import default_client
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match=rf"STORAGE_EMULATOR_HOST.*{message}"):
+        default_client()
+    with pytest.raises(ConfigurationError, match=message):
+        GCSObjectStream("fine-bucket", "fine", retry_deadline=60)
+    assert time.monotonic() - started < 2
+
+
+def test_a_client_with_a_schemeless_endpoint_fails_at_construction() -> None:
+    """A client whose api_endpoint has no scheme: ConfigurationError before any request."""
+    client = client_for("localhost:9023")
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match="http:// or https://"):
+        GCSObjectStream("fine-bucket", "fine", client=client, retry_deadline=60)
+    assert time.monotonic() - started < 2
+
+
+def test_a_bucket_gcs_refuses_fails_at_once(proxy: Any, proxied: Any) -> None:
+    """A bucket name GCS refuses (400 on the session POST): an UploadError, one request only."""
+    proxy.script(["400_before"])
+    started = time.monotonic()
+    with pytest.raises(UploadError, match=r"gs://refused-by-gcs/x.*400"):
+        GCSObjectStream("refused-by-gcs", "x", client=proxied, retry_deadline=60)
+    assert time.monotonic() - started < 2
+    assert 1 == len(proxy.events)
+
+
+def test_a_forked_child_opens_connections_of_its_own(client: Any, bucket: str) -> None:
+    """The transport's session cache is dropped in a forked child: no socket shared with the
+    parent, whose streams go on; both objects arrive."""
+    with GCSObjectStream(bucket, "parent-1", client=client) as out:
+        out.write(b"before the fork")
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if its own upload succeeded
+        try:
+            with GCSObjectStream(bucket, "child", client=client) as child:
+                child.write(b"from the child")
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    with GCSObjectStream(bucket, "parent-2", client=client) as out:
+        out.write(b"after the fork")
+    _, status = os.waitpid(pid, 0)
+    assert 0 == os.waitstatus_to_exitcode(status)
+    assert b"from the child" == read_object(client, bucket, "child")
+    assert b"after the fork" == read_object(client, bucket, "parent-2")

@@ -12,6 +12,8 @@ from gcs_log_sink._protocol import (
     chunk_request,
     error_message,
     initiate_request,
+    object_request,
+    parse_object_resource,
     parse_session_url,
     parse_upload_answer,
     redact,
@@ -87,3 +89,65 @@ def test_session_url_is_read_from_location_and_never_shown() -> None:
     assert "upload_id=<redacted>" in redact(f"failed: {SESSION}")
     body = json.dumps({"error": {"message": f"bad {SESSION}"}}).encode()
     assert "SECRET" not in error_message(body)
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ({"name": "o", "generation": "7", "size": "3", "crc32c": "abc="}, (7, 3, "abc=")),
+        ({"name": "o", "generation": 7, "size": 3}, (7, 3, None)),  # numbers, not strings
+        ({"name": "o", "generation": "7"}, (7, None, None)),  # a 0-byte object, proto3-style
+        ({"name": "o"}, (None, None, None)),
+        ({"kind": "storage#object", "size": "0", "crc32c": ""}, (None, 0, None)),
+    ],
+)
+def test_object_metadata_is_read_with_any_field_absent(
+    resource: dict[str, object], expected: tuple[object, ...]
+) -> None:
+    """size, generation, crc32c and md5Hash may be absent, strings or numbers."""
+    info = parse_object_resource(json.dumps(resource).encode())
+    assert expected == (info.generation, info.size, info.crc32c)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b'{"name": "o", "si',  # cut short
+        b"<html>OK</html>",
+        b"[1, 2]",
+        b'{"error": {"code": 500}}',  # JSON, but not an object resource
+        b'{"name": "o", "size": "12x"}',
+        b'{"name": "o", "size": -1}',
+        b'{"name": "o", "size": true}',
+        b'{"name": "o", "generation": [1]}',
+        b'{"name": "o", "crc32c": 5}',
+        b"\xff\xfe",
+    ],
+)
+def test_unreadable_object_metadata_is_a_value_error_never_key_or_type(body: bytes) -> None:
+    """Whatever the body, the only exception is ValueError (the caller then asks GCS)."""
+    with pytest.raises(ValueError):  # noqa: PT011 - the message varies by case
+        parse_object_resource(body)
+
+
+def test_what_verification_needs() -> None:
+    """An empty object needs no field; a non-empty one needs size and CRC32C."""
+    sparse = Finalized(generation=1, size=None, crc32c=None)
+    assert sparse.missing_for(0) is None
+    assert "no size" == sparse.missing_for(5)
+    assert "no CRC32C" == Finalized(generation=1, size=5, crc32c=None).missing_for(5)
+    assert Finalized(generation=None, size=5, crc32c="x").missing_for(5) is None
+
+
+def test_object_request_names_the_generation() -> None:
+    """The metadata GET escapes the name and asks for the generation this upload made."""
+    request = object_request("http://h:1/", "b", "a/b c", generation=9, user_agent="ua")
+    assert ("GET", "http://h:1/storage/v1/b/b/o/a%2Fb%20c?ifGenerationMatch=9") == (
+        request.method,
+        request.url,
+    )
+    assert (
+        "http://h:1/storage/v1/b/b/o/x"
+        == object_request("http://h:1", "b", "x", generation=None, user_agent="ua").url
+    )

@@ -1,10 +1,10 @@
-"""The command line's option parsing: sizes, seconds, endpoints. Pure."""
+"""The command line's option parsing: sizes and seconds. Pure."""
 
 from __future__ import annotations
 
 import pytest
 
-from gcs_log_sink.cli import endpoint_problem, parse_seconds, parse_size
+from gcs_log_sink.cli import parse_seconds, parse_size
 
 
 @pytest.mark.parametrize(
@@ -43,27 +43,3 @@ def test_seconds() -> None:
     for bad in ("0", "-1", "nan", "inf", "soon"):
         with pytest.raises(ValueError, match="seconds"):
             parse_seconds(bad)
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "from_env", "problem"),
-    [
-        ("http://127.0.0.1:9023", True, None),
-        ("https://storage.googleapis.com", False, None),
-        (
-            "localhost:9023",
-            True,
-            "STORAGE_EMULATOR_HOST='localhost:9023' is not a URL: write it as http://HOST:PORT",
-        ),
-        ("ftp://x", False, "the storage endpoint='ftp://x' is not a URL"),
-        ("http://", True, "STORAGE_EMULATOR_HOST='http://' is not a URL"),
-    ],
-)
-def test_endpoint_problem(endpoint: str, from_env: bool, problem: str | None) -> None:
-    """An endpoint without scheme or host is a configuration error, never an outage."""
-    found = endpoint_problem(endpoint, from_env=from_env)
-    if problem is None:
-        assert None is found
-    else:
-        assert found is not None
-        assert found.startswith(problem)

@@ -42,15 +42,17 @@ def test_bad_object_names_fail(name: str) -> None:
 
 
 def test_default_template_renders_window_host_pid_seq() -> None:
-    """The default name shows the window start, host, pid and a zero-padded seq."""
+    """The default name shows the window start, host, pid, instance token and a padded seq."""
     from datetime import datetime, timezone
 
     from gcs_log_sink.naming import DEFAULT_TEMPLATE, ObjectNameTemplate
 
     template = ObjectNameTemplate.parse(DEFAULT_TEMPLATE, prefix="api/")
     start = datetime(2026, 11, 26, 14, 0, tzinfo=timezone.utc)
-    name = template.render(start=start, seq=7, host="web/1\n", pid=42, stream="x")
-    assert "api/2026/11/26/140000-web-1--42-00007.log" == name
+    name = template.render(
+        start=start, seq=7, host="web/1\n", pid=42, stream="x", instance="a1b2c3"
+    )
+    assert "api/2026/11/26/140000-web-1--42-a1b2c3-00007.log" == name
 
 
 @pytest.mark.parametrize(
@@ -85,4 +87,6 @@ def test_start_is_optional_without_time_rotation() -> None:
         "{prefix}{stream}-{seq}.log", prefix="p/", needs_start=False
     )
     start = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    assert "p/build-3.log" == template.render(start=start, seq=3, host="h", pid=1, stream="build")
+    assert "p/build-3.log" == template.render(
+        start=start, seq=3, host="h", pid=1, stream="build", instance="x"
+    )
