@@ -9,6 +9,7 @@ stored) does not depend on the scale.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -409,3 +410,51 @@ def test_with_a_spool_an_outage_loses_nothing_even_past_the_buffer(
     assert 14 * 1024 * 1024 < len(result.stdout)  # more than buffer, queue and chunk hold
     assert result.stdout == read_object(client, bucket, "spooled/build.log")
     assert [] == [p.name for p in spool.rglob("*") if p.is_file() and p.name != "lock"]
+
+
+def test_on_full_wait_still_ends_on_a_signal_during_an_outage(
+    penv: dict[str, str], proxy: FaultProxy, bucket: str
+) -> None:
+    """--on-full wait slows the writer to GCS's pace; with GCS away that is a stop, yet a
+    SIGTERM ends tee within --ship-timeout (it used to take SIGKILL), exit 143."""
+    options = ["--on-full", "wait", "--buffer-size", "64K", "--ship-timeout", "1"]
+    tee = subprocess.Popen(
+        [*CLI, "tee", *options, f"gs://{bucket}/waiting"],
+        env=penv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert tee.stdin is not None
+    tee.stdin.write(b"first\n")
+    tee.stdin.flush()
+    time.sleep(1.0)  # started: past the start-up check
+    proxy.go_down()
+
+    def flood() -> None:
+        assert tee.stdin is not None
+        try:
+            while True:
+                tee.stdin.write(b"x" * 65536 + b"\n")
+        except (BrokenPipeError, ValueError):
+            pass
+
+    writer = threading.Thread(target=flood, daemon=True)
+    writer.start()
+    time.sleep(2.0)  # the buffer, the handler's queue and its chunk fill; tee waits
+    started = time.monotonic()
+    tee.send_signal(signal.SIGTERM)
+    try:
+        status = tee.wait(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.come_up()
+    writer.join(5)  # the pipe broke when tee exited
+    with contextlib.suppress(BrokenPipeError):
+        tee.stdin.close()
+    assert tee.stderr is not None
+    err = tee.stderr.read().decode()
+    tee.stderr.close()
+    assert 143 == status, err
+    assert elapsed < 1 + 4
+    assert "Traceback" not in err
