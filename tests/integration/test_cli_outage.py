@@ -449,6 +449,9 @@ def test_on_full_wait_still_ends_on_a_signal_during_an_outage(
         elapsed = time.monotonic() - started
     finally:
         proxy.come_up()
+        if tee.poll() is None:  # a failed test leaves no process behind
+            tee.kill()
+            tee.wait()
     writer.join(5)  # the pipe broke when tee exited
     with contextlib.suppress(BrokenPipeError):
         tee.stdin.close()
