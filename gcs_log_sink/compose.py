@@ -3,7 +3,8 @@
 GCS composes at most 32 sources per call, and a composite can be composed again. So more
 than 32 parts are composed in groups into intermediates, level by level, until one call can
 make the target. Intermediates are deleted afterwards; the target is created only if
-absent (``ifGenerationMatch=0``), so a composed log is never overwritten.
+absent (``ifGenerationMatch=0``), so a composed log is never overwritten, unless the caller
+asks to ``replace`` it (a re-run of a CI job on the same prefix).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_COMPOSE_SOURCES", "ComposeStep", "compose", "plan_compose"]
+__all__ = ["MAX_COMPOSE_SOURCES", "ComposeStep", "compose", "is_transient", "plan_compose"]
 
 MAX_COMPOSE_SOURCES = 32
 
@@ -56,9 +57,44 @@ def plan_compose(
     return steps
 
 
-def compose(client: Any, bucket: str, sources: Sequence[str], target: str) -> Any:
-    """Run :func:`plan_compose` against GCS; returns the target's Blob (reloaded)."""
+def is_transient(exc: BaseException) -> bool:
+    """The failures of a GCS that is away or overloaded, worth retrying; never a refusal or
+    a configuration error (google-cloud-storage's own list, minus what our callers bound)."""
+    import google.auth.exceptions
+    import requests
+    from google.api_core import exceptions as api
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError)):
+        return True
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        return True
+    transient = (
+        api.TooManyRequests,
+        api.InternalServerError,
+        api.BadGateway,
+        api.ServiceUnavailable,
+        api.GatewayTimeout,
+    )
+    return isinstance(exc, transient)
+
+
+def compose(
+    client: Any,
+    bucket: str,
+    sources: Sequence[str],
+    target: str,
+    *,
+    replace: bool = False,
+    retry: Any = None,
+    timeout: float = 60.0,
+) -> Any:
+    """Run :func:`plan_compose` against GCS; returns the target's Blob (reloaded).
+
+    ``replace``: an existing ``target`` is overwritten instead of refused (412). ``retry``
+    (a google.api_core ``Retry``; None: one try) and ``timeout`` apply to each request.
+    """
     gcs_bucket = client.bucket(bucket)
+    calls = {"retry": retry, "timeout": timeout}
     steps = plan_compose(sources, target, scratch=f"{target}.compose-tmp/")
     made: list[str] = []
     try:
@@ -67,13 +103,14 @@ def compose(client: Any, bucket: str, sources: Sequence[str], target: str) -> An
             destination.content_type = "text/plain; charset=utf-8"
             destination.compose(
                 [gcs_bucket.blob(name) for name in step.sources],
-                if_generation_match=0,
+                if_generation_match=None if replace and not step.intermediate else 0,
+                **calls,
             )
             if step.intermediate:
                 made.append(step.destination)
     finally:
         for name in made:
-            gcs_bucket.blob(name).delete()
+            gcs_bucket.blob(name).delete(**calls)
     final = gcs_bucket.blob(target)
-    final.reload()
+    final.reload(**calls)
     return final

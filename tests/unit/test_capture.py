@@ -33,3 +33,96 @@ def test_empty_chunk_changes_nothing() -> None:
     """No bytes, no stamp."""
     assert (b"", False) == stamp_lines(b"", False, T)
     assert (b"", True) == stamp_lines(b"", True, T)
+
+
+# -- OutputBuffer: the pump's side never waits; drops are counted and marked ---------------
+
+import re  # noqa: E402 - grouped with the tests that use it
+
+from gcs_log_sink.capture import OutputBuffer, drop_marker  # noqa: E402
+
+MARKER = re.compile(rb"\n?\[gcs-log-sink\] (\d+) bytes of output lost here, (\S+) to (\S+): ")
+
+
+def drain(buffer: OutputBuffer) -> bytes:
+    """Everything the feeder would take, after close."""
+    buffer.close()
+    out = b""
+    while (piece := buffer.take()) is not None:
+        out += piece
+    return out
+
+
+def test_what_fits_is_kept_in_order() -> None:
+    """Below capacity every put is kept, in order, and nothing is counted as dropped."""
+    buffer = OutputBuffer(100)
+    for piece in (b"a\n", b"bc", b"d\n"):
+        buffer.put(piece)
+    assert 6 == buffer.held
+    assert (b"a\nbcd\n", 0, 0) == (drain(buffer), buffer.dropped_bytes, buffer.markers)
+
+
+def test_a_full_buffer_drops_whole_puts_and_marks_the_gap_when_room_returns() -> None:
+    """Full: the put is dropped and counted; the next put that fits brings a marker first."""
+    times = iter([1000.0, 1001.0])
+    buffer = OutputBuffer(255, clock=lambda: next(times))
+    buffer.put(b"x" * 250 + b"\n")
+    buffer.put(b"lost one\n")  # 251 + 9 > 255: dropped
+    buffer.put(b"lost two\n")
+    assert 18 == buffer.dropped_bytes
+    first = buffer.take()  # the feeder catches up: room again
+    buffer.put(b"after\n")
+    rest = drain(buffer)
+    expected_marker = drop_marker(18, 1000.0, 1001.0, at_line_start=True)
+    assert b"x" * 250 + b"\n" == first
+    assert expected_marker + b"after\n" == rest
+    assert (1, len(expected_marker)) == (buffer.markers, buffer.marker_bytes)
+    match = MARKER.match(rest)
+    assert match is not None
+    assert (b"18", b"1970-01-01T00:16:40Z", b"1970-01-01T00:16:41Z") == match.groups()
+
+
+def test_a_marker_after_a_partial_line_starts_on_a_line_of_its_own() -> None:
+    """Output that stopped mid-line gets a newline before the marker, counted in its bytes."""
+    buffer = OutputBuffer(10, clock=lambda: 0.0)
+    buffer.put(b"partial")
+    buffer.put(b"dropped!")
+    buffer.take()
+    buffer.put(b"z")
+    marker = drop_marker(8, 0.0, 0.0, at_line_start=False)
+    assert marker.startswith(b"\n[gcs-log-sink] 8 bytes")
+    assert marker + b"z" == drain(buffer)
+    assert len(marker) == buffer.marker_bytes
+
+
+def test_drops_at_the_very_end_are_marked_at_close() -> None:
+    """No later output brings the marker: close() puts it in, so the log still says it."""
+    buffer = OutputBuffer(4, clock=lambda: 0.0)
+    buffer.put(b"abc\n")
+    buffer.put(b"gone\n")
+    assert b"abc\n" + drop_marker(5, 0.0, 0.0, at_line_start=True) == drain(buffer)
+
+
+def test_one_put_bigger_than_the_capacity_goes_into_an_empty_buffer() -> None:
+    """An empty buffer takes any read whole: a small --buffer-size never drops everything."""
+    buffer = OutputBuffer(2)
+    buffer.put(b"longer than two")
+    assert (b"longer than two", 0) == (drain(buffer), buffer.dropped_bytes)
+
+
+def test_take_joins_up_to_max_bytes() -> None:
+    """The feeder takes several puts at once, up to its limit, never splitting one."""
+    buffer = OutputBuffer(100)
+    for piece in (b"aaaa", b"bbbb", b"cccc"):
+        buffer.put(piece)
+    assert b"aaaabbbb" == buffer.take(9)
+    assert b"cccc" == buffer.take(9)
+
+
+def test_stop_waiting_turns_a_waiting_buffer_into_a_dropping_one() -> None:
+    """--on-full wait, then a signal: the pump must not hang on a full buffer."""
+    buffer = OutputBuffer(4, wait_when_full=True, clock=lambda: 0.0)
+    buffer.put(b"full")
+    buffer.stop_waiting()
+    buffer.put(b"dropped")  # would wait for ever before stop_waiting()
+    assert 7 == buffer.dropped_bytes
