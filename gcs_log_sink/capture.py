@@ -477,9 +477,15 @@ class OutputShipper:
         )
         expected_crc = crc32c_base64(self._crc)
         if final.size != self._size or final.crc32c != expected_crc:
+            # A build.log that does not verify must not stand: readers would trust it. Only
+            # the generation composed here is removed; the parts stay.
+            with contextlib.suppress(Exception):
+                self._client.bucket(self.url.bucket).blob(self.target).delete(
+                    if_generation_match=final.generation, **self._calls()
+                )
             raise errors.IntegrityError(
                 f"composed {final.size} bytes with CRC32C {final.crc32c}, but {self._size} "
-                f"bytes with CRC32C {expected_crc} were shipped; parts kept",
+                f"bytes with CRC32C {expected_crc} were shipped; build.log removed, parts kept",
                 bucket=self.url.bucket,
                 name=self.target,
             )
