@@ -73,6 +73,7 @@ class ShipperConfig:
     host: str
     clock: Callable[[], float]
     on_finalize: Callable[[str, int, int], None] | None
+    compose_into: str | None = None  # the CLI's build.log: recover composes killed builds
 
 
 class Shipper:
@@ -331,7 +332,13 @@ class Shipper:
         config = self._config
         if self._uploader is not None:
             self._uploader.make_room()
-            return SegmentSink(self._uploader.spool, config.bucket, name, gzip=config.gzip)
+            return SegmentSink(
+                self._uploader.spool,
+                config.bucket,
+                name,
+                gzip=config.gzip,
+                compose_into=config.compose_into,
+            )
         stream = config.options.open(
             config.bucket,
             name,

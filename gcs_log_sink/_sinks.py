@@ -149,9 +149,14 @@ class SegmentSink:
 
     finishes_remotely = False
 
-    def __init__(self, spool: Spool, bucket: str, name: str, *, gzip: bool) -> None:
-        # With gzip, recovery can end an unfinished stream so that it decompresses.
-        self.segment: Segment = spool.create(bucket, name, compression="gzip" if gzip else None)
+    def __init__(
+        self, spool: Spool, bucket: str, name: str, *, gzip: bool, compose_into: str | None
+    ) -> None:
+        # With gzip, recovery can end an unfinished stream so that it decompresses;
+        # compose_into lets recover compose a killed build's parts into its build.log.
+        self.segment: Segment = spool.create(
+            bucket, name, compression="gzip" if gzip else None, compose_into=compose_into
+        )
         self.name = name
 
     def write(self, data: bytes, records: int) -> None:

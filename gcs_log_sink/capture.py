@@ -305,6 +305,9 @@ class OutputShipper:
             stream="build",
             on_finalize=self._part_finalized,
             spool_dir=spool_dir,
+            # If this process dies, 'gcs-log-sink recover' ships the spooled parts and
+            # composes them into this build's build.log.
+            _compose_into=self.target,
         )
         self._feeder = threading.Thread(target=self._feed, name="gcs-log-sink:feed", daemon=True)
         self._feeder.start()

@@ -359,6 +359,8 @@ def _recover(args: argparse.Namespace) -> int:
         f"{tally.lines} lines) from {args.spool_dir}",
         file=sys.stderr,
     )
+    for url in tally.builds:
+        print(f"log: {url} (composed from the recovered build's parts)", file=sys.stderr)
     if tally.bad:
         print(
             f"gcs-log-sink: {len(tally.bad)} spool segments were not shipped whole (see above)",

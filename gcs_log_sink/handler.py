@@ -146,6 +146,7 @@ class GCSHandler(logging.Handler):
         on_finalize: Callable[[str, int, int], None] | None = None,
         spool_dir: str | None = None,
         max_spool_bytes: int = 1024 * 1024 * 1024,
+        _compose_into: str | None = None,
     ) -> None:
         super().__init__(level)
         self.bucket = validate_bucket_name(bucket)
@@ -189,6 +190,7 @@ class GCSHandler(logging.Handler):
             host=socket.gethostname(),
             clock=clock,
             on_finalize=on_finalize,
+            compose_into=_compose_into,
         )
         self._prefix = prefix
         self._block_timeout = (

@@ -20,6 +20,7 @@ segment stays for a later try) and ``OSError`` (the spool's disk) leave this mod
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ class Tally:
     bytes: int = 0  # object bytes finalized
     lost_records: int = 0  # records spooled but not shippable (damage, data gone)
     bad: list[str] = field(default_factory=list)  # one line per segment not fully shipped
+    builds: list[str] = field(default_factory=list)  # gs:// URLs of build.logs composed
 
 
 def recovered_name(name: str) -> str:
@@ -672,12 +674,20 @@ def recover_spools(root: str, *, client: Any, report: Report, options: dict[str,
     """Ship every segment left under ``root`` by processes that are gone.
 
     A segment that fails does not stop the others: its failure is reported and counted in
-    ``Tally.bad``, and recovery goes on with the next one.
+    ``Tally.bad``, and recovery goes on with the next one. Segments of a killed
+    ``gcs-log-sink run`` name the build.log their parts make: once every such segment is
+    shipped, the build's parts are composed into it (see :func:`compose_build`).
     """
     tally = Tally()
+    builds: dict[tuple[str, str], bool] = {}  # (bucket, build.log) -> every part shipped
+    parts_of: dict[tuple[str, str], str] = {}  # (bucket, build.log) -> its parts' prefix
     with dead_spools(root) as spools:
         for _, segments in spools:
             for segment in segments:
+                target = segment.state.get("compose_into")
+                key = (segment.bucket, target) if isinstance(target, str) else None
+                parts = segment.name.rpartition("/")[0] + "/"
+                bad_before = len(tally.bad)
                 try:
                     ship_segment(
                         segment, client=client, options=options, report=report, tally=tally
@@ -688,7 +698,53 @@ def recover_spools(root: str, *, client: Any, report: Report, options: dict[str,
                     )
                     tally.bad.append(message)
                     report(type(exc).__name__, message)
+                if key is not None:
+                    shipped = len(tally.bad) == bad_before
+                    builds[key] = builds.get(key, True) and shipped
+                    parts_of[key] = parts
+    for (bucket, target), whole in builds.items():
+        parts = parts_of[(bucket, target)]
+        if not whole:
+            report("compose", f"gs://{bucket}/{target} not composed: a part was not shipped")
+            continue
+        try:
+            tally.builds.append(compose_build(client, bucket, parts, target))
+        except Exception as exc:  # GCS refused: the parts stay, say so and go on
+            report(
+                "compose",
+                f"gs://{bucket}/{target} not composed ({redact(str(exc))}); the parts stay "
+                f"under gs://{bucket}/{parts}",
+            )
     return tally
+
+
+def compose_build(client: Any, bucket: str, parts_prefix: str, target: str) -> str:
+    """Compose a killed build's parts (all objects under ``parts_prefix``, in name order)
+    into ``target`` if it does not exist yet, check its size, delete the parts; its URL.
+
+    The bytes the build printed before it was killed are no longer known, so the check is
+    the parts' total size (GCS computes the composite's CRC32C from the parts' own).
+    """
+    from .compose import compose
+
+    blobs = sorted(client.list_blobs(bucket, prefix=parts_prefix), key=lambda blob: blob.name)
+    names = [blob.name for blob in blobs]
+    expected = sum(int(blob.size or 0) for blob in blobs)
+    if not names:
+        raise errors.UploadError("no parts to compose", bucket=bucket, name=target)
+    final = compose(client, bucket, names, target)
+    if int(final.size or 0) != expected:
+        with contextlib.suppress(Exception):
+            client.bucket(bucket).blob(target).delete(if_generation_match=final.generation)
+        raise errors.IntegrityError(
+            f"composed {final.size} bytes from parts of {expected} bytes; build.log removed",
+            bucket=bucket,
+            name=target,
+        )
+    gcs_bucket = client.bucket(bucket)
+    for name in names:
+        gcs_bucket.blob(name).delete()
+    return f"gs://{bucket}/{target}"
 
 
 def recover_all(root: str, *, client: Any, report: Report, options: dict[str, Any]) -> int:

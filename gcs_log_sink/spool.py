@@ -146,6 +146,14 @@ def validate_state(state: Any) -> str | None:
         return "'failed_at' is not a position"
     if state.get("compression") not in (None, "gzip"):
         return "'compression' is neither null nor 'gzip'"
+    target = state.get("compose_into")
+    if target is not None:
+        if not isinstance(target, str):
+            return "'compose_into' is not a string"
+        try:
+            validate_object_name(target)
+        except ConfigurationError as exc:
+            return f"'compose_into': {exc}"
     return None
 
 
@@ -452,11 +460,20 @@ class Spool:
         """The segments on disk, oldest first. Deletes nothing (see the module doc)."""
         return _segments(self.directory, spool=self)
 
-    def create(self, bucket: str, name: str, *, compression: str | None = None) -> Segment:
+    def create(
+        self,
+        bucket: str,
+        name: str,
+        *,
+        compression: str | None = None,
+        compose_into: str | None = None,
+    ) -> Segment:
         """A new segment for ``gs://bucket/name``, its state on disk before any data.
 
         ``compression='gzip'`` says the data is one gzip stream written with sync flushes:
         recovery then ends an unfinished one so that it decompresses completely.
+        ``compose_into``: the object is a part of a build whose parts ``recover`` composes
+        into this object once every part is shipped (``gcs-log-sink run --spool-dir``).
         """
         with self._create_lock:
             while True:  # never over a file already there, whoever put it
@@ -468,6 +485,8 @@ class Spool:
         state: dict[str, Any] = {"bucket": bucket, "name": name, "sealed": False}
         if compression is not None:
             state["compression"] = compression
+        if compose_into is not None:
+            state["compose_into"] = compose_into
         segment = Segment(self.directory, segment_id, state, spool=self)
         segment._end = 0  # written by this process: readers wait for whole frames from here
         segment.save()

@@ -1,12 +1,19 @@
-"""A build.log that does not verify is not left in place (#10): readers would trust it."""
+"""build.log stands only when it is whole: a composed one that does not verify is removed,
+and a killed build's spooled parts are composed into its build.log by ``recover`` (#10)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+from helpers import emulator_env
 
 from gcs_log_sink.capture import OutputShipper
 from gcs_log_sink.gsurl import parse_gs_url
+from gcs_log_sink.testing import LocalGCS
 
 
 def test_a_build_log_that_does_not_verify_is_removed_and_the_parts_kept(
@@ -28,3 +35,34 @@ def test_a_build_log_that_does_not_verify_is_removed_and_the_parts_kept(
     assert b"line 1\nline 2\n" == b"".join(
         client.bucket(bucket).blob(name).download_as_bytes() for name in sorted(parts)
     )
+
+
+def test_recover_composes_a_killed_builds_parts_into_its_build_log(
+    gcs: LocalGCS, client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """run --spool-dir is SIGKILLed mid-build; 'recover' ships the spooled part and composes
+    every part of that build into its build.log, then removes the parts."""
+    spool = tmp_path / "spool"
+    env = emulator_env(gcs.url)
+    build = subprocess.Popen(
+        [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
+         "--part-seconds", "3600", f"gs://{bucket}/b1", "--",
+         sys.executable, "-c", "print('old 1'); print('old 2', flush=True); "
+         "import time; time.sleep(60)"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert build.stdout is not None
+    assert "old 1\n" == build.stdout.readline()
+    assert "old 2\n" == build.stdout.readline()
+    time.sleep(0.5)  # the feeder has spooled and flushed them
+    build.kill()
+    build.wait()
+    build.stdout.close()
+    recovered = subprocess.run(
+        [sys.executable, "-m", "gcs_log_sink", "recover", str(spool)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert 0 == recovered.returncode, recovered.stderr
+    assert f"log: gs://{bucket}/b1/build.log" in recovered.stderr
+    assert b"old 1\nold 2\n" == client.bucket(bucket).blob("b1/build.log").download_as_bytes()
+    assert [] == [blob.name for blob in client.list_blobs(bucket, prefix="b1/parts/")]
