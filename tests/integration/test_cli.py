@@ -139,7 +139,9 @@ def test_tee_of_100_mib_keeps_memory_bounded(env: dict[str, str], client: Any, b
     The input comes faster than the local server takes it: --on-full wait slows the writer
     instead of dropping (the default, drop, is tested with an outage in test_cli_outage).
     What tee holds beyond its start-up size: the 8 MiB buffer, the handler's 4 MiB queue,
-    one 8 MiB chunk and the copies of one request; an unbounded one would hold 100 MiB.
+    one 8 MiB chunk and the copies of one request, and at the part boundary (64 MiB) the
+    finishing part's last chunk beside the next part's first: about 72 MiB at the most, by
+    configuration; an unbounded one would hold 100 MiB and more.
     """
     block = random.Random(100).randbytes(1024 * 1024)
     data = b"".join(i.to_bytes(4, "big") + block[4:] for i in range(100))
@@ -184,7 +186,7 @@ def test_tee_of_100_mib_keeps_memory_bounded(env: dict[str, str], client: Any, b
     assert 0 == process.returncode, err
     assert data == b"".join(received)
     assert data == read_object(client, bucket, "teed/build.log")
-    assert peak - baseline < 56 * 1024 * 1024, (baseline, peak)
+    assert peak - baseline < 72 * 1024 * 1024, (baseline, peak)
 
 
 def test_cat_follow_sees_parts_then_stops_at_build_log(
