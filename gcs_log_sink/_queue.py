@@ -11,8 +11,9 @@ Why an ``RLock`` and no ``Event``: a signal handler that logs runs on the main t
 possibly while that thread is inside :meth:`put` (holding the lock, waiting for room, or
 waking the shipper). With a plain ``Lock``, or an ``Event`` (whose ``set()`` takes a plain
 lock), the process hangs. So there is one re-entrant lock, the shipper sleeps on a
-condition of it, and a ``put`` that finds its own thread already inside ``put`` never
-waits for room and never wakes the shipper (it may be interrupting the very wake-up); the
+condition of it (woken under the lock), and a ``put`` that finds its own thread already
+inside ``put`` (holding the lock, or waiting for room) never waits for room and never wakes
+the shipper (it may be interrupting the very wake-up); the
 shipper looks at least once a second, so such a record waits at most that long.
 """
 
@@ -106,7 +107,7 @@ class RecordQueue:
         self._space = threading.Condition(self._lock)  # producers wait here for room
         self._ready = threading.Condition(self._lock)  # the shipper sleeps here
         self._items: collections.deque[Entry] = collections.deque()
-        self._putting: set[int] = set()  # threads inside put(): a second entry is a signal's
+        self._waiting: set[int] = set()  # threads waiting for room in put(), lock released
         self._consumer_idle = False  # the shipper sleeps on _ready until woken
         self._urgent = False  # someone waits on the shipper (flush, rotate, close)
         self._closed = False
@@ -137,37 +138,34 @@ class RecordQueue:
         until there is room or the queue closes). Never blocks when re-entered.
         """
         size = len(data)
-        me = threading.get_ident()
-        putting = self._putting
-        nested = me in putting
-        if not nested:
-            putting.add(me)
-        try:
-            with self._lock:
-                if self._closed:
-                    self._drop(DropReason.AFTER_CLOSE)
-                    return False
-                queued = self._queued_records
-                # One record bigger than the byte cap still fits into an empty queue.
-                full = queued >= self._max_records or (
-                    queued and self._queued_bytes + size > self._max_bytes
-                )
-                if full and (
-                    nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
-                ):
-                    self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
-                    return False
-                self._items.append((created, data))
-                self._queued_records += 1
-                self._queued_bytes += size
-                self._accepted += 1
-                if self._consumer_idle and not nested:
-                    self._consumer_idle = False  # once per wake-up, not once per record
-                    self._ready.notify()
-            return True
-        finally:
-            if not nested:
-                putting.discard(me)
+        lock = self._lock
+        # Re-entered by a signal handler: while this thread holds the lock (inside put or
+        # waking the shipper), or while it waits for room (the lock released meanwhile).
+        nested = lock._is_owned() or (  # type: ignore[attr-defined]
+            bool(self._waiting) and threading.get_ident() in self._waiting
+        )
+        with lock:
+            if self._closed:
+                self._drop(DropReason.AFTER_CLOSE)
+                return False
+            queued = self._queued_records
+            # One record bigger than the byte cap still fits into an empty queue.
+            full = queued >= self._max_records or (
+                queued and self._queued_bytes + size > self._max_bytes
+            )
+            if full and (
+                nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
+            ):
+                self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
+                return False
+            self._items.append((created, data))
+            self._queued_records += 1
+            self._queued_bytes += size
+            self._accepted += 1
+            if self._consumer_idle and not nested:
+                self._consumer_idle = False  # once per wake-up, not once per record
+                self._ready.notify()
+        return True
 
     def put_marker(self) -> bool:
         """Queue a rotate marker behind everything queued so far."""
@@ -187,13 +185,18 @@ class RecordQueue:
         return self._queued_records == 0 or self._queued_bytes + size <= self._max_bytes
 
     def _wait_for_room(self, size: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self._has_room(size):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed:
-                return False
-            self._space.wait(None if math.isinf(remaining) else remaining)
-        return True
+        me = threading.get_ident()
+        self._waiting.add(me)  # the lock is released while waiting: see put()
+        try:
+            deadline = time.monotonic() + timeout
+            while not self._has_room(size):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return False
+                self._space.wait(None if math.isinf(remaining) else remaining)
+            return True
+        finally:
+            self._waiting.discard(me)
 
     def _drop(self, reason: str) -> None:
         self._dropped += 1

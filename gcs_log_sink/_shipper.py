@@ -113,6 +113,7 @@ class Shipper:
         self._finisher.own_threads = self._own_threads
         self._open_refused_until = 0.0
         self.inline = False  # no thread could be started: close() ships on its own thread
+        self.started = False
 
     # -- life cycle (called from the handler's side) -------------------------------------
 
@@ -132,6 +133,7 @@ class Shipper:
                 self.inline = True
                 return
             self._thread = thread
+            self.started = True
             if self._uploader is not None:
                 self._uploader.start()
 
@@ -145,9 +147,6 @@ class Shipper:
         self._own_threads = threads
         self._finisher.own_threads = threads
 
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
 
     def run_inline(self, deadline: float) -> None:
         """Ship on the calling thread (the queue is closed) until done or ``deadline``."""

@@ -256,13 +256,13 @@ class GCSHandler(logging.Handler):
             uploader=self._uploader,
         )
         self._shipper.own_threads = own_threads
-
+        self._own_threads = own_threads  # read per record: no property on the way
     # -- the caller's side ---------------------------------------------------------------
 
     def handle(self, record: logging.LogRecord) -> bool:
         # Records the handler's own threads cause (urllib3, google-auth) are dropped before
         # self.lock: taking it here could deadlock close() under logging.shutdown.
-        if threading.get_ident() in self._shipper.own_threads:
+        if threading.get_ident() in self._own_threads:
             return False
         return super().handle(record)
 
@@ -289,7 +289,7 @@ class GCSHandler(logging.Handler):
         Like ``emit()``: never raises, never does I/O, blocks at most ``block_timeout``.
         Returns whether the line was queued (False: dropped, and counted).
         """
-        if threading.get_ident() in self._shipper.own_threads:
+        if threading.get_ident() in self._own_threads:
             return False
         try:
             return self._put(self._clock(), bytes(line))

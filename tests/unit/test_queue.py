@@ -92,13 +92,16 @@ def test_a_blocked_producer_is_released_by_close() -> None:
 
 
 def test_a_re_entered_put_never_blocks() -> None:
-    """Called while this thread is already inside put (a signal handler interrupting it), a
-    full queue drops at once instead of waiting, and a free one takes the record."""
+    """Called while this thread is already inside put (a signal handler interrupting it:
+    holding the lock, or waiting for room), a full queue drops at once instead of waiting,
+    and a free one takes the record."""
     queue = RecordQueue(max_records=1, max_bytes=100)
-    queue._putting.add(threading.get_ident())
-    assert queue.put(1.0, b"a", 60.0)
-    assert not queue.put(2.0, b"b", 60.0)
-    assert (1, 1) == (queue.ledger().queued_records, queue.dropped)
+    with queue._lock:
+        assert queue.put(1.0, b"a", 60.0)
+        assert not queue.put(2.0, b"b", 60.0)
+    queue._waiting.add(threading.get_ident())
+    assert not queue.put(3.0, b"c", 60.0)
+    assert (1, 2) == (queue.ledger().queued_records, queue.dropped)
 
 
 def test_flush_requests_are_ready_once_their_entries_are_settled() -> None:
