@@ -147,7 +147,6 @@ class Shipper:
         self._own_threads = threads
         self._finisher.own_threads = threads
 
-
     def run_inline(self, deadline: float) -> None:
         """Ship on the calling thread (the queue is closed) until done or ``deadline``."""
         self._cancel.deadline = deadline

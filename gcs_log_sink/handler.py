@@ -257,6 +257,7 @@ class GCSHandler(logging.Handler):
         )
         self._shipper.own_threads = own_threads
         self._own_threads = own_threads  # read per record: no property on the way
+
     # -- the caller's side ---------------------------------------------------------------
 
     def handle(self, record: logging.LogRecord) -> bool:
