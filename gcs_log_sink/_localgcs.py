@@ -1,6 +1,6 @@
 """A local GCS-compatible server on 127.0.0.1, for the demo, the tests and the benchmarks.
 
-It runs gcp-storage-emulator (the ``local`` extra) in a subprocess, after patching four places
+It runs gcp-storage-emulator (the ``local`` extra) in a subprocess, after patching the places
 where that emulator (pinned: 2026.7.19) departs from GCS in ways that would hide bugs in a
 resumable-upload client. Each patch restores what GCS does:
 
@@ -16,6 +16,8 @@ resumable-upload client. Each patch restores what GCS does:
 5. ``ifGenerationMatch=0`` on a resumable initiate, or on a compose, is refused with 412
    when the object exists (the emulator ignores preconditions). A composite object has a
    CRC32C and no MD5, as on GCS.
+6. A download of a composite object names no MD5 in ``X-Goog-Hash`` (the emulator sends
+   ``md5=None`` as text, which google-cloud-storage 2.x checks and calls corruption).
 
 Other patches are about cost, not behaviour: in memory, the emulator copies everything a
 session received on every chunk (``file_content += content``), so a 256 MiB upload in 8 MiB
@@ -280,6 +282,16 @@ def _patch_emulator() -> None:  # pragma: no cover - runs in the server subproce
             return
         response.json(resource)
 
+    original_download = objects.download
+
+    def download(request: Any, response: Any, storage: Any, *args: Any, **kw: Any) -> Any:
+        result = original_download(request, response, storage, *args, **kw)
+        digest = response._headers.get("X-Goog-Hash", "")
+        if digest.endswith(",md5=None"):  # patch 6: a composite has no MD5, so GCS names none
+            response["X-Goog-Hash"] = digest.removesuffix(",md5=None")
+        return result
+
+    objects.download = download
     objects.compose = compose
     objects._resumable_incomplete = resumable_incomplete
     objects._finalize_resumable_object = finalize
@@ -294,6 +306,8 @@ def _patch_emulator() -> None:  # pragma: no cover - runs in the server subproce
     for regex, handlers in server.HANDLERS:
         if handlers.get("PUT") is original_upload_partial:
             handlers = {**handlers, "PUT": upload_partial, "DELETE": cancel}
+        if handlers.get("GET") is original_download:
+            handlers = {**handlers, "GET": download}
         patched.append((regex, handlers))
     server.HANDLERS = tuple(patched)
 
