@@ -240,7 +240,7 @@ def report(
     if "ours" not in runs:
         return True
     cpu_limit = 0.6 if write_size <= 4096 else 0.8
-    rss_limit = args.chunk_mib + write_size / MIB + 8  # one chunk + the largest write + noise
+    rss_limit = args.chunk_mib + write_size / MIB + 4  # one chunk + the largest write + noise
     blob_speed, blob_cpu = speed.get("blobwriter"), cpu.get("blobwriter")
     targets: dict[str, bool | None] = {
         f"ours CPU/GiB <= {cpu_limit}x BlobWriter": (
@@ -249,7 +249,7 @@ def report(
         "ours MB/s >= 1.1x BlobWriter": (
             None if blob_speed is None else speed["ours"] >= 1.1 * blob_speed
         ),
-        f"ours peak RSS growth <= {rss_limit:.1f} MiB (chunk + write + 8)": (
+        f"ours peak RSS growth <= {rss_limit:.1f} MiB (chunk + write + 4)": (
             growth["ours"] <= rss_limit
         ),
     }
