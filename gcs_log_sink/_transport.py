@@ -16,7 +16,9 @@ whose connection pools register each connection they hand out (:class:`_WatchedA
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
+import itertools
 import os
 import socket
 import threading
@@ -89,11 +91,17 @@ def user_agent() -> str:
 class _Watch:
     """One request's deadline and the connections it used; shut down when it expires."""
 
+    __slots__ = ("_connections", "_done", "_lock", "expired")
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connections: list[Any] = []
         self._done = False
         self.expired = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
 
     def add(self, connection: Any) -> None:
         with self._lock:
@@ -109,10 +117,7 @@ class _Watch:
             self.expired = True
             for connection in self._connections:
                 _shut(connection)
-        timer = threading.Timer(0.05, self.expire)
-        timer.daemon = True
-        with contextlib.suppress(RuntimeError):  # the interpreter is exiting (3.12+)
-            timer.start()
+        _WATCHDOG.schedule(self, time.monotonic() + 0.05)
 
     def finish(self) -> None:
         with self._lock:
@@ -127,26 +132,85 @@ def _shut(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Watchdog:
+    """One long-lived daemon thread per process that expires watches at their deadlines.
+
+    A ``threading.Timer`` per request cost a thread start and stop (~100 us of CPU) for
+    every chunk sent; this keeps a heap of deadlines instead. A finished watch stays in
+    the heap until its deadline comes up, and is then dropped unexpired (cheaper than
+    searching the heap at every request's end).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._counter = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, watch: _Watch, deadline: float) -> bool:
+        """Expire ``watch`` at monotonic ``deadline``; False when no thread can watch it.
+
+        From Python 3.12 no thread starts while the interpreter exits (an atexit hook
+        shipping the last records): if the watchdog is not running by then, the request
+        goes unwatched, bounded only by the per-read timeout of requests, rather than not
+        sent at all.
+        """
+        with self._condition:
+            if self._thread is None:
+                thread = threading.Thread(
+                    target=self._run, name="gcs-log-sink-watchdog", daemon=True
+                )
+                try:
+                    thread.start()
+                except RuntimeError:
+                    return False
+                self._thread = thread
+            entry = (deadline, next(self._counter), watch)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                self._condition.notify()
+        return True
+
+    def _run(self) -> None:
+        heap = self._heap
+        while True:
+            with self._condition:
+                while True:
+                    while heap and heap[0][2].done:
+                        heapq.heappop(heap)
+                    if not heap:
+                        self._condition.wait()
+                        continue
+                    wait = heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        due = heapq.heappop(heap)[2]
+                        break
+                    self._condition.wait(wait)
+            due.expire()  # outside the condition: expire() schedules again
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's thread is not here; start afresh when needed."""
+        self._condition = threading.Condition(threading.Lock())
+        self._heap = []
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
 _current = threading.local()
 
 
 @contextlib.contextmanager
-def _watched(seconds: float) -> Iterator[_Watch]:
+def _watched(seconds: float) -> Iterator[_Watch | None]:
     watch = _Watch()
+    if not _WATCHDOG.schedule(watch, time.monotonic() + max(seconds, 0.0)):
+        yield None  # unwatched (interpreter exit, see _Watchdog.schedule)
+        return
     _current.watch = watch
-    timer = threading.Timer(max(seconds, 0.0), watch.expire)
-    timer.daemon = True
-    # From Python 3.12 no thread starts while the interpreter exits (an atexit hook
-    # shipping the last records): the request goes unwatched, bounded only by the per-read
-    # timeout of requests, rather than not at all.
-    with contextlib.suppress(RuntimeError):
-        timer.start()
     try:
         yield watch
     finally:
         _current.watch = None
         watch.finish()
-        timer.cancel()
 
 
 class _WatchedPoolMixin:
@@ -188,10 +252,12 @@ _SESSIONS_LOCK = threading.Lock()
 
 
 def _forget_sessions() -> None:
-    """In a forked child: never reuse the parent's pooled connections (shared sockets)."""
+    """In a forked child: never reuse the parent's pooled connections (shared sockets),
+    nor count on the parent's watchdog thread (threads do not survive a fork)."""
     global _SESSIONS_LOCK
     _SESSIONS_LOCK = threading.Lock()  # the parent may have held it while forking
     _SESSIONS.clear()
+    _WATCHDOG.forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_sessions)
