@@ -1,17 +1,24 @@
 """The bytes written but not yet confirmed by GCS: pure, no I/O.
 
-Cost goals (as h11's ``_receivebuffer`` states its own):
+Cost goals (issue 13: CPU per byte is what a service pays to ship its logs):
 
-- ``append`` is amortized O(len(data)): a ``bytearray`` grows in place, never ``buf += data``
-  on ``bytes`` (which copies the whole buffer per write and makes a long stream quadratic).
-- ``release_to`` is O(1) amortized: CPython deletes a bytearray's prefix by moving its start.
-- one copy per chunk sent (``peek``), none per write.
+- one copy per byte written (into a preallocated ``bytearray``), none to send it: a chunk
+  goes out as a read-only ``memoryview`` of the buffer (:meth:`ChunkBuffer.view`), not as a
+  ``bytes`` copy. ``peek`` still returns a copy, for callers that keep the bytes.
+- the CRC32C is computed once per byte, as it is appended. google-crc32c's C extension takes
+  only objects without a buffer-release hook (``bytes``, not ``memoryview``, not even a
+  read-only one), so it reads the caller's ``bytes`` directly; other buffers cost a copy.
+- the buffer is never resized in place, only filled by equal-length slice assignment: a
+  ``memoryview`` handed to the HTTP stack may outlive its request (the response keeps the
+  prepared request), and a ``bytearray`` with live views cannot be resized. When a write does
+  not fit, a new buffer replaces the old one.
 
-So memory is about one chunk plus the largest single write, whatever the total size.
+So memory is one chunk plus the largest single write, whatever the total size: the buffer is
+made with room for one chunk and only grows to hold a write that does not fit.
 
-The buffer also keeps the running CRC32C of every byte ever appended, since it is the one
-place that sees each byte exactly once, and it can rewind: whatever GCS has not confirmed
-stays here until GCS says it has it, so after a partial persist or a lost answer the upload
+The buffer keeps the running CRC32C of every byte ever appended, since it is the one place
+that sees each byte exactly once, and it can rewind: whatever GCS has not confirmed stays
+here until GCS says it has it, so after a partial persist or a lost answer the upload
 resumes from exactly the server's offset.
 """
 
@@ -33,12 +40,20 @@ def crc32c_base64(crc: int) -> str:
 
 
 class ChunkBuffer:
-    """Unconfirmed bytes of one upload, addressed by absolute offset in the object."""
+    """Unconfirmed bytes of one upload, addressed by absolute offset in the object.
 
-    __slots__ = ("_confirmed", "_crc", "_data")
+    ``capacity`` is the room made at once (a writer's chunk size); without it the buffer
+    doubles as it fills, like a list.
+    """
 
-    def __init__(self) -> None:
-        self._data = bytearray()
+    __slots__ = ("_capacity", "_confirmed", "_crc", "_data", "_size")
+
+    def __init__(self, capacity: int = 0) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must not be negative, got {capacity}")
+        self._capacity = capacity
+        self._data = bytearray(capacity)  # held bytes are self._data[:self._size]
+        self._size = 0
         self._confirmed = 0  # absolute offset of self._data[0]
         self._crc = 0
 
@@ -50,11 +65,16 @@ class ChunkBuffer:
     @property
     def end(self) -> int:
         """How many bytes were appended in all: the object's size if finalized now."""
-        return self._confirmed + len(self._data)
+        return self._confirmed + self._size
 
     @property
     def pending(self) -> int:
         """How many bytes are held, waiting for GCS to confirm them."""
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        """How many bytes the buffer holds without growing."""
         return len(self._data)
 
     @property
@@ -67,24 +87,40 @@ class ChunkBuffer:
 
         Resuming a session another process opened: those bytes are not here, and need not be.
         """
-        if self._data or self._confirmed:
+        if self._size or self._confirmed:
             raise ValueError("start_at() on a buffer already in use")
         self._confirmed = offset
         self._crc = crc32c
 
-    def append(self, data: bytes | bytearray | memoryview) -> None:
-        """Take bytes the caller wrote."""
-        # google-crc32c's C extension takes only ``bytes``: other buffers cost one copy.
-        block = data if type(data) is bytes else bytes(data)
-        self._crc = google_crc32c.extend(self._crc, block)
-        self._data += block
+    def append(self, data: bytes | bytearray | memoryview) -> int:
+        """Take (copy) bytes the caller wrote; returns :attr:`pending` after it."""
+        if type(data) is not bytes:
+            data = bytes(data)  # google-crc32c takes bytes only
+        self._crc = google_crc32c.extend(self._crc, data)
+        size = self._size
+        end = size + len(data)
+        if end > len(self._data):
+            self._grow(end)
+        # Equal lengths: a copy into place, never a resize (views may be alive).
+        self._data[size:end] = data
+        self._size = end
+        return end
+
+    def view(self, length: int) -> memoryview:
+        """The first ``length`` unconfirmed bytes, read-only and without a copy.
+
+        For one request body: valid until the next :meth:`append` or :meth:`release_to`,
+        which may overwrite what it shows.
+        """
+        if not 0 <= length <= self._size:
+            raise ValueError(f"cannot view {length} of {self._size} bytes")
+        with memoryview(self._data) as whole:
+            return whole[:length].toreadonly()
 
     def peek(self, length: int) -> bytes:
-        """A copy of the first ``length`` unconfirmed bytes, to send as one request body."""
-        if not 0 <= length <= len(self._data):
-            raise ValueError(f"cannot peek {length} of {len(self._data)} bytes")
-        with memoryview(self._data) as view:  # one copy, not a bytearray slice and then bytes
-            return bytes(view[:length])
+        """A copy of the first ``length`` unconfirmed bytes."""
+        with self.view(length) as view:
+            return bytes(view)
 
     def release_to(self, offset: int) -> None:
         """Forget bytes before ``offset``: GCS says it holds them.
@@ -99,8 +135,27 @@ class ChunkBuffer:
             )
         if offset > self.end:
             raise ValueError(f"server offset {offset} is beyond the {self.end} bytes written")
-        del self._data[: offset - self._confirmed]
+        done = offset - self._confirmed
+        if not done:
+            return
+        rest = self._size - done
+        if rest:
+            # Move the unconfirmed rest to the front. Overlapping ranges go through a copy:
+            # bytearray slice assignment from a view of itself is a plain memcpy.
+            with memoryview(self._data) as whole:
+                source = whole[done : self._size]
+                self._data[:rest] = source if rest <= done else bytes(source)
+                source.release()
+        self._size = rest
         self._confirmed = offset
+
+    def _grow(self, needed: int) -> None:
+        """A new, larger buffer (the old one may have live views: never resize it)."""
+        size = max(needed, self._capacity) if self._capacity else max(needed, 2 * len(self._data))
+        grown = bytearray(size)
+        with memoryview(self._data) as whole:
+            grown[: self._size] = whole[: self._size]
+        self._data = grown
 
 
 def next_chunk_length(

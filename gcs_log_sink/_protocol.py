@@ -56,7 +56,9 @@ class Request:
     method: str
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
+    # A chunk is a read-only view of the writer's buffer (no copy per chunk); the transport
+    # sends it as it is. Empty bodies are always ``b""``.
+    body: bytes | memoryview = b""
 
     def __repr__(self) -> str:
         # The URL of a session is a bearer capability: keep it out of reprs and tracebacks.
@@ -192,14 +194,21 @@ def parse_session_url(headers: Mapping[str, str]) -> str | None:
 
 
 def chunk_request(
-    session_url: str, offset: int, data: bytes, *, total: int | None, crc32c: int | None
+    session_url: str,
+    offset: int,
+    data: bytes | memoryview,
+    *,
+    total: int | None,
+    crc32c: int | None,
 ) -> Request:
     """A PUT of ``data`` at ``offset``; with ``total`` it is the final request.
+
+    ``data`` may be a view (of bytes, format ``B``): it is the body as it is, not copied.
 
     The final request carries the CRC32C of the whole object (``X-Goog-Hash``), so GCS itself
     refuses to create an object whose bytes differ from what was written.
     """
-    if data:
+    if len(data):
         last = offset + len(data) - 1
         content_range = f"bytes {offset}-{last}/{'*' if total is None else total}"
     else:
@@ -207,7 +216,7 @@ def chunk_request(
     headers = {"Content-Range": content_range}
     if total is not None and crc32c is not None:
         headers["X-Goog-Hash"] = f"crc32c={crc32c_base64(crc32c)}"
-    return Request("PUT", session_url, headers, data)
+    return Request("PUT", session_url, headers, data if len(data) else b"")
 
 
 def object_request(

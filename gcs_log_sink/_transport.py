@@ -16,7 +16,9 @@ whose connection pools register each connection they hand out (:class:`_WatchedA
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
+import itertools
 import os
 import socket
 import threading
@@ -26,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
+from urllib.parse import urlsplit
 
 import google.auth.exceptions
 import requests
@@ -88,11 +91,17 @@ def user_agent() -> str:
 class _Watch:
     """One request's deadline and the connections it used; shut down when it expires."""
 
+    __slots__ = ("_connections", "_done", "_lock", "expired")
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connections: list[Any] = []
         self._done = False
         self.expired = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
 
     def add(self, connection: Any) -> None:
         with self._lock:
@@ -108,10 +117,7 @@ class _Watch:
             self.expired = True
             for connection in self._connections:
                 _shut(connection)
-        timer = threading.Timer(0.05, self.expire)
-        timer.daemon = True
-        with contextlib.suppress(RuntimeError):  # the interpreter is exiting (3.12+)
-            timer.start()
+        _WATCHDOG.schedule(self, time.monotonic() + 0.05)
 
     def finish(self) -> None:
         with self._lock:
@@ -126,26 +132,85 @@ def _shut(connection: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Watchdog:
+    """One long-lived daemon thread per process that expires watches at their deadlines.
+
+    A ``threading.Timer`` per request cost a thread start and stop (~100 us of CPU) for
+    every chunk sent; this keeps a heap of deadlines instead. A finished watch stays in
+    the heap until its deadline comes up, and is then dropped unexpired (cheaper than
+    searching the heap at every request's end).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._counter = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, watch: _Watch, deadline: float) -> bool:
+        """Expire ``watch`` at monotonic ``deadline``; False when no thread can watch it.
+
+        From Python 3.12 no thread starts while the interpreter exits (an atexit hook
+        shipping the last records): if the watchdog is not running by then, the request
+        goes unwatched, bounded only by the per-read timeout of requests, rather than not
+        sent at all.
+        """
+        with self._condition:
+            if self._thread is None:
+                thread = threading.Thread(
+                    target=self._run, name="gcs-log-sink-watchdog", daemon=True
+                )
+                try:
+                    thread.start()
+                except RuntimeError:
+                    return False
+                self._thread = thread
+            entry = (deadline, next(self._counter), watch)
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:
+                self._condition.notify()
+        return True
+
+    def _run(self) -> None:
+        heap = self._heap
+        while True:
+            with self._condition:
+                while True:
+                    while heap and heap[0][2].done:
+                        heapq.heappop(heap)
+                    if not heap:
+                        self._condition.wait()
+                        continue
+                    wait = heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        due = heapq.heappop(heap)[2]
+                        break
+                    self._condition.wait(wait)
+            due.expire()  # outside the condition: expire() schedules again
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's thread is not here; start afresh when needed."""
+        self._condition = threading.Condition(threading.Lock())
+        self._heap = []
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
 _current = threading.local()
 
 
 @contextlib.contextmanager
-def _watched(seconds: float) -> Iterator[_Watch]:
+def _watched(seconds: float) -> Iterator[_Watch | None]:
     watch = _Watch()
+    if not _WATCHDOG.schedule(watch, time.monotonic() + max(seconds, 0.0)):
+        yield None  # unwatched (interpreter exit, see _Watchdog.schedule)
+        return
     _current.watch = watch
-    timer = threading.Timer(max(seconds, 0.0), watch.expire)
-    timer.daemon = True
-    # From Python 3.12 no thread starts while the interpreter exits (an atexit hook
-    # shipping the last records): the request goes unwatched, bounded only by the per-read
-    # timeout of requests, rather than not at all.
-    with contextlib.suppress(RuntimeError):
-        timer.start()
     try:
         yield watch
     finally:
         _current.watch = None
         watch.finish()
-        timer.cancel()
 
 
 class _WatchedPoolMixin:
@@ -187,10 +252,12 @@ _SESSIONS_LOCK = threading.Lock()
 
 
 def _forget_sessions() -> None:
-    """In a forked child: never reuse the parent's pooled connections (shared sockets)."""
+    """In a forked child: never reuse the parent's pooled connections (shared sockets),
+    nor count on the parent's watchdog thread (threads do not survive a fork)."""
     global _SESSIONS_LOCK
     _SESSIONS_LOCK = threading.Lock()  # the parent may have held it while forking
     _SESSIONS.clear()
+    _WATCHDOG.forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_sessions)
@@ -223,8 +290,13 @@ def _watched_session(http: Any) -> tuple[Any, bool]:
                 if hasattr(http, f"_{key}")
             }
             session = AuthorizedSession(http.credentials, **options)  # type: ignore[no-untyped-call]
-            for attribute in ("verify", "cert", "proxies", "trust_env"):
+            for attribute in ("verify", "cert", "proxies"):
                 setattr(session, attribute, getattr(http, attribute))
+            # The environment (proxy variables, REQUESTS_CA_BUNDLE) is read once per origin
+            # by the Transport (:meth:`Transport._environment`), not on every request:
+            # requests walks all of os.environ twice per request (~0.6 ms) when trust_env.
+            # (No .netrc either: the credentials sign every request.)
+            session.trust_env = False
             adapter = _WatchedAdapter()
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -240,18 +312,41 @@ class Transport:
     latest (the caller's retry deadline).
     """
 
-    def __init__(self, session: Any, timeout: float, *, watched: bool = True) -> None:
+    def __init__(
+        self, session: Any, timeout: float, *, watched: bool = True, environment: Any = None
+    ) -> None:
         self._session = session
         self._timeout = timeout
         self._watched = watched
+        # A session whose trust_env settings are looked up once per origin (scheme://host),
+        # on behalf of ``session`` that does not look: see _watched_session.
+        self._environment = environment
+        self._settings: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def for_client(cls, client: Any, timeout: float) -> Transport:
         # ``_http`` is the client's google.auth AuthorizedSession; google-cloud-storage's own
         # Blob uploads go through it the same way.
         guard_loggers()  # loggers the libraries created since import
-        session, watched = _watched_session(client._http)
-        return cls(session, timeout, watched=watched)
+        http = client._http
+        session, watched = _watched_session(http)
+        environment = http if session is not http and getattr(http, "trust_env", False) else None
+        return cls(session, timeout, watched=watched, environment=environment)
+
+    def _environment_settings(self, url: str) -> dict[str, Any]:
+        """``proxies``/``verify``/``cert`` for ``url`` as requests would read them from the
+        environment, looked up once per origin and this transport (a new stream sees a
+        changed environment; a running one keeps what it started with)."""
+        if self._environment is None:
+            return {}
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        settings = self._settings.get(origin)
+        if settings is None:
+            merged = self._environment.merge_environment_settings(url, {}, None, None, None)
+            settings = {key: merged[key] for key in ("proxies", "verify", "cert")}
+            self._settings[origin] = settings
+        return settings
 
     def deadline(self, request: Request, now: float, not_after: float | None = None) -> float:
         """The monotonic time by which ``request``, sent at ``now``, must be done."""
@@ -273,6 +368,7 @@ class Transport:
                     timeout=min(self._timeout, seconds),
                     # GCS's 308 means "resume incomplete", not a redirect to follow.
                     allow_redirects=False,
+                    **self._environment_settings(request.url),
                 )
                 body = response.content
         except (

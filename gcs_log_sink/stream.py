@@ -192,7 +192,7 @@ class GCSObjectStream(io.BufferedIOBase):
         self._opened = False
         self._failure: errors.GCSLogSinkError | None = None
         self._result: Finalized | None = None
-        self._buffer = ChunkBuffer()
+        self._buffer = ChunkBuffer()  # room for a chunk once chunk_size is known
         self._resumed_at = 0
         self._wire_error = "connection failed"  # why the last request got no answer
         self._spool: Spool | None = None
@@ -203,6 +203,7 @@ class GCSObjectStream(io.BufferedIOBase):
         self.bucket: str = validate_bucket_name(bucket)
         self.name: str = validate_object_name(name)
         self._chunk_size = validate_chunk_size(chunk_size)
+        self._buffer = ChunkBuffer(self._chunk_size)
         if not isinstance(content_type, str) or not content_type:
             raise errors.ConfigurationError("content_type must be a non-empty str")
         self._metadata = _validate_metadata(metadata)
@@ -295,20 +296,24 @@ class GCSObjectStream(io.BufferedIOBase):
 
     def write(self, data: Any) -> int:  # bytes-like; Any to keep BufferedIOBase's signature
         """Buffer ``data``; send a chunk if a whole one is buffered. Returns ``len(data)``."""
-        if isinstance(data, str):
+        # The common case (small ``bytes``, no chunk due) is a copy into the buffer and one
+        # CRC32C call: no memoryview, no property, no method call it can do without.
+        if type(data) is bytes:
+            block = data
+        elif isinstance(data, str):
             raise TypeError(
                 "GCSObjectStream is binary: write bytes, or wrap it in io.TextIOWrapper"
             )
-        view = memoryview(data)
+        else:
+            block = bytes(memoryview(data).cast("B"))
         with self._lock:
-            self._check_open()
-            block = data if type(data) is bytes else bytes(view.cast("B"))
+            if self._failure is not None or self.closed:
+                self._check_open()
             if self._segment is not None:
                 self._segment.write(block, 0)
-            self._buffer.append(block)
-            if self._buffer.pending >= self._chunk_size:
+            if self._buffer.append(block) >= self._chunk_size:
                 self._upload(final=False, drain=False)
-        return view.nbytes
+        return len(block)
 
     def flush(self) -> None:
         """Send every whole 256 KiB unit buffered.
@@ -483,10 +488,12 @@ class GCSObjectStream(io.BufferedIOBase):
                 )
                 if length is None:
                     return
+                # A view of the buffer, not a copy: nothing appends or releases while it
+                # is sent (the lock is held), and each request gets a fresh one.
                 request = chunk_request(
                     self._session_url,
                     self._buffer.confirmed,
-                    self._buffer.peek(length),
+                    self._buffer.view(length),
                     total=self._buffer.end if final else None,
                     crc32c=self._buffer.crc32c,
                 )

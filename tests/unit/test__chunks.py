@@ -92,3 +92,77 @@ def test_final_sends_everything_even_nothing() -> None:
     """The final request carries all pending bytes, possibly none (finalize only)."""
     assert 0 == next_chunk_length(0, 0, UPLOAD_UNIT, final=True, drain=True)
     assert 7 == next_chunk_length(UPLOAD_UNIT, 7, UPLOAD_UNIT, final=True, drain=True)
+
+
+def test_append_copies_into_the_room_made_at_once() -> None:
+    """A buffer made for a chunk holds a chunk without growing; append says what is pending."""
+    buffer = ChunkBuffer(4 * UPLOAD_UNIT)
+    for _ in range(4):
+        assert buffer.pending + UPLOAD_UNIT == buffer.append(b"x" * UPLOAD_UNIT)
+    assert (4 * UPLOAD_UNIT, 4 * UPLOAD_UNIT) == (buffer.capacity, buffer.pending)
+
+
+def test_a_write_that_does_not_fit_grows_to_a_chunk_plus_that_write() -> None:
+    """Memory is one chunk plus the largest write: never doubled past what is needed."""
+    buffer = ChunkBuffer(UPLOAD_UNIT)
+    buffer.append(b"a" * (UPLOAD_UNIT - 10))
+    buffer.append(b"b" * 100)
+    assert UPLOAD_UNIT + 90 == buffer.capacity
+    assert b"a" * (UPLOAD_UNIT - 10) + b"b" * 100 == buffer.peek(buffer.pending)
+
+
+def test_view_is_read_only_and_not_a_copy() -> None:
+    """A chunk is sent as a view of the buffer; nobody can write through it."""
+    buffer = ChunkBuffer(16)
+    buffer.append(b"0123456789")
+    view = buffer.view(4)
+    assert b"0123" == bytes(view)
+    assert view.readonly
+    with pytest.raises(TypeError):
+        view[0] = 0  # type: ignore[index]
+    with pytest.raises(ValueError, match="cannot view 11 of 10 bytes"):
+        buffer.view(11)
+
+
+def test_a_live_view_does_not_block_growth_or_release() -> None:
+    """The HTTP stack may keep a body view past its request: appending and releasing still
+    work (a bytearray with live views cannot be resized, so this one never is)."""
+    buffer = ChunkBuffer(8)
+    buffer.append(b"abcdefgh")
+    sent = buffer.view(8)
+    buffer.release_to(4)  # a partial persist, with the view alive
+    buffer.append(b"ijkl")  # fills the room again
+    buffer.append(b"mnopqrstuvwxyz")  # does not fit: a new buffer
+    assert 8 == len(sent)
+    assert b"efghijklmnopqrstuvwxyz" == buffer.peek(buffer.pending)
+    assert google_crc32c.value(b"abcdefghijklmnopqrstuvwxyz") == buffer.crc32c
+
+
+@pytest.mark.parametrize(("kept", "written"), [(1, 10), (5, 10), (9, 10), (3, 4), (1, 2)])
+def test_release_moves_the_rest_to_the_front_even_when_it_overlaps(kept: int, written: int) -> None:
+    """After a partial persist the unconfirmed rest is what is sent next, byte for byte,
+    whether or not the rest is longer than what was released (overlapping move)."""
+    data = bytes(range(written))
+    buffer = ChunkBuffer(written)
+    buffer.append(data)
+    buffer.release_to(kept)
+    assert data[kept:] == buffer.peek(buffer.pending)
+    buffer.append(b"\xff")
+    assert data[kept:] + b"\xff" == bytes(buffer.view(buffer.pending))
+    assert (kept, written + 1) == (buffer.confirmed, buffer.end)
+
+
+def test_append_takes_any_contiguous_buffer() -> None:
+    """bytearray and memoryview writes are copied in (and hashed) like bytes."""
+    buffer = ChunkBuffer()
+    buffer.append(bytearray(b"ab"))
+    buffer.append(memoryview(b"cd"))
+    buffer.append(b"ef")
+    assert b"abcdef" == buffer.peek(6)
+    assert google_crc32c.value(b"abcdef") == buffer.crc32c
+
+
+def test_negative_capacity_is_refused() -> None:
+    """A capacity is a byte count."""
+    with pytest.raises(ValueError, match="capacity"):
+        ChunkBuffer(-1)
