@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import base64
 import random
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import google_crc32c
@@ -16,6 +20,7 @@ __all__ = [
     "client_for",
     "crc32c_b64",
     "emulator_env",
+    "kill_a_spooled_build",
     "random_writes",
     "read_object",
 ]
@@ -49,3 +54,22 @@ def random_writes(data: bytes, rng: random.Random, max_write: int) -> list[bytes
         pieces.append(data[offset : offset + step])
         offset += step
     return pieces
+
+
+def kill_a_spooled_build(env: dict[str, str], bucket: str, spool: Path, prefix: str) -> None:
+    """``run --spool-dir`` a build that prints "old 1" and "old 2", then SIGKILL it: its
+    output is spooled (and flushed) but its last part never finalized."""
+    build = subprocess.Popen(
+        [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
+         "--part-seconds", "3600", f"gs://{bucket}/{prefix}", "--",
+         sys.executable, "-c", "print('old 1'); print('old 2', flush=True); "
+         "import time; time.sleep(60)"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert build.stdout is not None
+    assert "old 1\n" == build.stdout.readline()
+    assert "old 2\n" == build.stdout.readline()
+    time.sleep(0.5)  # the feeder has spooled and flushed them
+    build.kill()
+    build.wait()
+    build.stdout.close()

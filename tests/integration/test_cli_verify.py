@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import emulator_env
+from helpers import emulator_env, kill_a_spooled_build
 
 from gcs_log_sink.capture import OutputShipper
 from gcs_log_sink.gsurl import parse_gs_url
@@ -44,20 +44,7 @@ def test_recover_composes_a_killed_builds_parts_into_its_build_log(
     every part of that build into its build.log, then removes the parts."""
     spool = tmp_path / "spool"
     env = emulator_env(gcs.url)
-    build = subprocess.Popen(
-        [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
-         "--part-seconds", "3600", f"gs://{bucket}/b1", "--",
-         sys.executable, "-c", "print('old 1'); print('old 2', flush=True); "
-         "import time; time.sleep(60)"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert build.stdout is not None
-    assert "old 1\n" == build.stdout.readline()
-    assert "old 2\n" == build.stdout.readline()
-    time.sleep(0.5)  # the feeder has spooled and flushed them
-    build.kill()
-    build.wait()
-    build.stdout.close()
+    kill_a_spooled_build(env, bucket, spool, "b1")
     recovered = subprocess.run(
         [sys.executable, "-m", "gcs_log_sink", "recover", str(spool)],
         env=env, capture_output=True, text=True, timeout=60, check=False,

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 from faultproxy import FaultProxy
-from helpers import bucket_text, emulator_env
+from helpers import bucket_text, emulator_env, kill_a_spooled_build
 
 from gcs_log_sink import GCSHandler, GCSObjectStream
 from gcs_log_sink._localgcs import LocalGCS
@@ -548,20 +548,7 @@ def test_a_killed_runs_leftovers_never_become_parts_of_the_next_build(
     """
     spool = tmp_path / "spool"
     env = emulator_env(gcs.url)
-    old = subprocess.Popen(
-        [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
-         "--part-seconds", "3600", f"gs://{bucket}/b1", "--",
-         sys.executable, "-c", "print('old 1'); print('old 2', flush=True); "
-         "import time; time.sleep(60)"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert old.stdout is not None
-    assert "old 1\n" == old.stdout.readline()
-    assert "old 2\n" == old.stdout.readline()
-    time.sleep(0.5)  # the tee thread has spooled and flushed them
-    old.kill()
-    old.wait()
-    old.stdout.close()
+    kill_a_spooled_build(env, bucket, spool, "b1")
     new = subprocess.run(
         [sys.executable, "-m", "gcs_log_sink", "run", "--spool-dir", str(spool),
          f"gs://{bucket}/b2", "--", sys.executable, "-c", "print('new')"],
