@@ -46,15 +46,16 @@ class ChunkBuffer:
     doubles as it fills, like a list.
     """
 
-    __slots__ = ("_capacity", "_confirmed", "_crc", "_data", "_size")
+    __slots__ = ("_capacity", "_confirmed", "_crc", "_data", "_size", "_start")
 
     def __init__(self, capacity: int = 0) -> None:
         if capacity < 0:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self._capacity = capacity
-        self._data = bytearray(capacity)  # held bytes are self._data[:self._size]
+        self._data = bytearray(capacity)  # held bytes: self._data[_start:_start + _size]
+        self._start = 0
         self._size = 0
-        self._confirmed = 0  # absolute offset of self._data[0]
+        self._confirmed = 0  # absolute offset of self._data[self._start]
         self._crc = 0
 
     @property
@@ -97,14 +98,14 @@ class ChunkBuffer:
         if type(data) is not bytes:
             data = bytes(data)  # google-crc32c takes bytes only
         self._crc = google_crc32c.extend(self._crc, data)
-        size = self._size
-        end = size + len(data)
-        if end > len(self._data):
-            self._grow(end)
+        needed = self._size + len(data)
+        if self._start + needed > len(self._data):
+            self._make_room(needed)
+        at = self._start + self._size
         # Equal lengths: a copy into place, never a resize (views may be alive).
-        self._data[size:end] = data
-        self._size = end
-        return end
+        self._data[at : at + len(data)] = data
+        self._size = needed
+        return needed
 
     def view(self, length: int) -> memoryview:
         """The first ``length`` unconfirmed bytes, read-only and without a copy.
@@ -115,7 +116,7 @@ class ChunkBuffer:
         if not 0 <= length <= self._size:
             raise ValueError(f"cannot view {length} of {self._size} bytes")
         with memoryview(self._data) as whole:
-            return whole[:length].toreadonly()
+            return whole[self._start : self._start + length].toreadonly()
 
     def peek(self, length: int) -> bytes:
         """A copy of the first ``length`` unconfirmed bytes."""
@@ -138,24 +139,32 @@ class ChunkBuffer:
         done = offset - self._confirmed
         if not done:
             return
-        rest = self._size - done
-        if rest:
-            # Move the unconfirmed rest to the front. Overlapping ranges go through a copy:
-            # bytearray slice assignment from a view of itself is a plain memcpy.
-            with memoryview(self._data) as whole:
-                source = whole[done : self._size]
-                self._data[:rest] = source if rest <= done else bytes(source)
-                source.release()
-        self._size = rest
+        # No move here: the rest is moved to the front once, when an append needs the room
+        # (moving it at every release makes one write of N chunks cost N^2/2 chunk copies).
+        self._start = self._start + done if done < self._size else 0
+        self._size -= done
         self._confirmed = offset
 
-    def _grow(self, needed: int) -> None:
-        """A new, larger buffer (the old one may have live views: never resize it)."""
-        size = max(needed, self._capacity) if self._capacity else max(needed, 2 * len(self._data))
-        grown = bytearray(size)
-        with memoryview(self._data) as whole:
-            grown[: self._size] = whole[: self._size]
-        self._data = grown
+    def _make_room(self, needed: int) -> None:
+        """Room for ``needed`` held bytes from the front: the rest moved to the front, or a
+        new, larger buffer (the old one may have live views: never resize it)."""
+        start, size = self._start, self._size
+        if needed <= len(self._data):
+            if size:
+                with memoryview(self._data) as whole:
+                    source = whole[start : start + size]
+                    # Overlapping ranges go through a copy.
+                    self._data[:size] = source if size <= start else bytes(source)
+                    source.release()
+        else:
+            grown_size = (
+                max(needed, self._capacity) if self._capacity else max(needed, 2 * len(self._data))
+            )
+            grown = bytearray(grown_size)
+            with memoryview(self._data) as whole:
+                grown[:size] = whole[start : start + size]
+            self._data = grown
+        self._start = 0
 
 
 def next_chunk_length(

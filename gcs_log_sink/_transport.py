@@ -391,4 +391,8 @@ class Transport:
             if watching is not None and watching.expired:
                 raise TransportError(f"no answer in {seconds:.1f} s (request deadline)") from None
             raise TransportError(type(exc).__name__) from None
+        if watching is not None and watching.expired:
+            # Cut at the deadline: what was read may be a truncated answer (a status line
+            # without its headers), never to be believed.
+            raise TransportError(f"no answer in {seconds:.1f} s (request deadline)")
         return Answer(response.status_code, response.headers, body)
