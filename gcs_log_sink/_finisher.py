@@ -93,6 +93,7 @@ class Finisher:
         client: LazyClient,
         cancel: DeadlineEvent,
         names: ObjectNames,
+        own_threads: set[int],
     ) -> None:
         self._config = config
         self._queue = queue
@@ -101,7 +102,7 @@ class Finisher:
         self._cancel = cancel
         self._names = names
         self._thread: threading.Thread | None = None
-        self.own_threads: set[int] = set()
+        self.own_threads = own_threads
 
     def finish(self, current: OpenObject) -> None:
         """Finalize ``current`` beside the caller (after the previous one is done)."""

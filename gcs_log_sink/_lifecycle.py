@@ -10,6 +10,7 @@ away still exits within the largest ``close_timeout``, not ten of them.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import signal
 import threading
@@ -55,6 +56,15 @@ def bounded(timeout: float) -> float:
     return max(0.0, min(timeout, _exit_deadline - time.monotonic()))
 
 
+def _start_exit_budget() -> list[GCSHandler]:
+    """The live handlers; from now on no wait goes past the largest close_timeout."""
+    global _exit_deadline
+    handlers = list(_live_handlers)
+    budget = max((handler._close_timeout for handler in handlers), default=0.0)
+    _exit_deadline = time.monotonic() + budget
+    return handlers
+
+
 def drain_at_exit() -> None:
     """atexit: drain every live handler within the largest close_timeout, in total.
 
@@ -63,23 +73,17 @@ def drain_at_exit() -> None:
     handlers and ships those records within what is left of the budget. A handler that
     could not drain in time (GCS away) gives up now and says what it could not ship.
     """
-    global _exit_deadline
-    handlers = list(_live_handlers)
-    budget = max((handler._close_timeout for handler in handlers), default=0.0)
-    _exit_deadline = time.monotonic() + budget
+    handlers = _start_exit_budget()
     drains = [(handler, handler._begin_drain()) for handler in handlers]
     for handler, done in drains:
-        if done is not None and not done.wait(max(0.0, _exit_deadline - time.monotonic())):
+        if done is not None and not done.wait(bounded(math.inf)):
             handler._give_up()
             handler.close()
 
 
 def close_all() -> None:
     """Close every live handler within the largest close_timeout, in total, not each."""
-    global _exit_deadline
-    handlers = list(_live_handlers)
-    budget = max((handler._close_timeout for handler in handlers), default=0.0)
-    _exit_deadline = time.monotonic() + budget
+    handlers = _start_exit_budget()
     deadlines = [handler._begin_close() for handler in handlers]
     deadline = max(deadlines, default=time.monotonic())
     for handler in handlers:

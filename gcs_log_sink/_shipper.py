@@ -33,9 +33,9 @@ from ._sinks import (
 )
 from .naming import ObjectNameTemplate
 from .rotation import (
-    FINISH,
     OpenState,
     RotationPolicy,
+    Step,
     Write,
     fits_whole,
     plan_batch,
@@ -90,6 +90,7 @@ class Shipper:
         stream_name: Callable[[], str],
         drop_note: Callable[[int, str], bytes],
         cancel: DeadlineEvent,
+        own_threads: set[int],
         uploader: Any = None,
     ) -> None:
         self._config = config
@@ -101,16 +102,22 @@ class Shipper:
         self._drop_note = drop_note
         self._cancel = cancel
         self._uploader = uploader
-        self._own_threads: set[int] = set()
+        # The idents of this handler's threads: records they cause are not shipped.
+        self.own_threads = own_threads
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._current: OpenObject | None = None
         self._floor = -math.inf
         self._names = ObjectNames(config, identity, stream_name)
         self._finisher = Finisher(
-            config, queue, reporter, client=client, cancel=cancel, names=self._names
+            config,
+            queue,
+            reporter,
+            client=client,
+            cancel=cancel,
+            names=self._names,
+            own_threads=own_threads,
         )
-        self._finisher.own_threads = self._own_threads
         self._open_refused_until = 0.0
         self.inline = False  # no thread could be started: close() ships on its own thread
         self.started = False
@@ -137,16 +144,6 @@ class Shipper:
             if self._uploader is not None:
                 self._uploader.start()
 
-    @property
-    def own_threads(self) -> set[int]:
-        """The idents of this handler's threads: records they cause are not shipped."""
-        return self._own_threads
-
-    @own_threads.setter
-    def own_threads(self, threads: set[int]) -> None:
-        self._own_threads = threads
-        self._finisher.own_threads = threads
-
     def run_inline(self, deadline: float) -> None:
         """Ship on the calling thread (the queue is closed) until done or ``deadline``."""
         self._cancel.deadline = deadline
@@ -164,7 +161,7 @@ class Shipper:
 
     def _run(self) -> None:
         me = threading.get_ident()
-        self._own_threads.add(me)
+        self.own_threads.add(me)
         queue = self._queue
         noted_at_close = False
         try:
@@ -194,7 +191,7 @@ class Shipper:
             queue.release_all_flushes()
             if self._uploader is not None:
                 self._uploader.spooling_done()
-            self._own_threads.discard(me)  # thread ids are reused: never drop a stranger's
+            self.own_threads.discard(me)  # thread ids are reused: never drop a stranger's
 
     def _write_batch(self, batch: Batch) -> None:
         """Write the batch's records in order, rolling between them where the policy says."""
@@ -213,7 +210,7 @@ class Shipper:
                 floor=self._floor,
             )
         ):
-            steps: list[Any] = [Write(current.window, 0, len(entries))]
+            steps: list[Step] = [Write(current.window, 0, len(entries))]
         else:
             shapes = [
                 None if entry is ROTATE else (entry[0], len(entry[1]))  # type: ignore[index]
@@ -222,10 +219,10 @@ class Shipper:
             state = None if current is None else OpenState(current.window, current.size)
             steps, self._floor = plan_batch(config.policy, shapes, current=state, floor=self._floor)
         for step in steps:
-            if step is FINISH:
-                self._finish_current()
-            else:
+            if isinstance(step, Write):
                 self._write_run(entries[step.first : step.stop], step.window)
+            else:
+                self._finish_current()
         markers = len(entries) - batch.records
         if markers:
             self._queue.settle(markers)

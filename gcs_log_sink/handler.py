@@ -253,10 +253,10 @@ class GCSHandler(logging.Handler):
             stream_name=lambda: self._stream_name or "log",
             drop_note=self._drop_note,
             cancel=self._cancel,
+            own_threads=own_threads,
             uploader=self._uploader,
         )
-        self._shipper.own_threads = own_threads
-        self._own_threads = own_threads  # read per record: no property on the way
+        self._own_threads = own_threads  # the shipping threads': read per record
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -363,7 +363,7 @@ class GCSHandler(logging.Handler):
             not self._constructed
             or self._closed
             or not self._shipper.started
-            or threading.get_ident() in self._shipper.own_threads
+            or threading.get_ident() in self._own_threads
         ):
             return
         request = self._queue.request_flush()

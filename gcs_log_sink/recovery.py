@@ -33,8 +33,8 @@ import google_crc32c
 from . import errors
 from ._chunks import crc32c_base64
 from ._gzipend import GzipCut, GzipEnd
-from ._protocol import Finalized, chunk_request, parse_upload_answer, redact
-from ._transport import CredentialsError, Transport, TransportError
+from ._protocol import Finalized, Request, chunk_request, parse_upload_answer, redact
+from ._transport import Answer, CredentialsError, Transport, TransportError
 from .spool import Frame, Segment, SpoolCorruptError, dead_spools
 from .stream import GCSObjectStream
 
@@ -604,21 +604,31 @@ def _blob(client: Any, segment: Segment) -> Any:
     return client.bucket(segment.bucket).blob(segment.name)
 
 
+def _send_or_pause(
+    transport: Transport, request: Request, segment: Segment, attempt: int
+) -> Answer | None:
+    """One try of a recovery request: its answer, or None after a short pause when the wire
+    failed (the caller tries again); unusable credentials are a PermissionDeniedError."""
+    try:
+        return transport.send(request)
+    except TransportError:
+        time.sleep(0.2 * (attempt + 1))
+        return None
+    except CredentialsError as exc:
+        raise errors.PermissionDeniedError(
+            str(exc), bucket=segment.bucket, name=segment.name
+        ) from None
+
+
 def _session_size(client: Any, url: str, options: dict[str, Any], segment: Segment) -> int:
     """How many bytes the session holds (status query; a few tries)."""
     from ._protocol import Persisted, status_request
 
     transport = Transport.for_client(client, float(options.get("timeout", 60.0)))
     for attempt in range(5):
-        try:
-            answer = transport.send(status_request(url))
-        except TransportError:
-            time.sleep(0.2 * (attempt + 1))
+        answer = _send_or_pause(transport, status_request(url), segment, attempt)
+        if answer is None:
             continue
-        except CredentialsError as exc:
-            raise errors.PermissionDeniedError(
-                str(exc), bucket=segment.bucket, name=segment.name
-            ) from None
         try:
             outcome = parse_upload_answer(answer.status, answer.headers, answer.body)
         except ValueError:
@@ -640,15 +650,10 @@ def _finalize_as_is(
     transport = Transport.for_client(client, float(options.get("timeout", 60.0)))
     status: int | None = None
     for attempt in range(5):
-        try:
-            answer = transport.send(chunk_request(url, size, b"", total=size, crc32c=None))
-        except TransportError:
-            time.sleep(0.2 * (attempt + 1))
+        request = chunk_request(url, size, b"", total=size, crc32c=None)
+        answer = _send_or_pause(transport, request, segment, attempt)
+        if answer is None:
             continue
-        except CredentialsError as exc:
-            raise errors.PermissionDeniedError(
-                str(exc), bucket=segment.bucket, name=segment.name
-            ) from None
         status = answer.status
         if status in (200, 201):
             try:
