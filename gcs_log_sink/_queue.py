@@ -127,7 +127,11 @@ class RecordQueue:
         self._shipped_objects = 0
         self._lost = 0
         self._dropped = 0
-        self._unnoted: dict[str, int] = {}  # drops not yet written into the stream
+        # Drops not yet written into the stream: a count derived from two totals and a set
+        # of reasons, so a signal handler's drop that interrupts another drop loses nothing
+        # (a read-modify-write of a dict entry would: CPython runs handlers after a call).
+        self._noted = 0
+        self._unnoted_reasons: set[str] = set()
 
     # -- producers ---------------------------------------------------------------------
 
@@ -148,12 +152,7 @@ class RecordQueue:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
-            queued = self._queued_records
-            # One record bigger than the byte cap still fits into an empty queue.
-            full = queued >= self._max_records or (
-                queued and self._queued_bytes + size > self._max_bytes
-            )
-            if full and (
+            if not self._has_room(size) and (
                 nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
             ):
                 self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
@@ -200,11 +199,11 @@ class RecordQueue:
 
     def _drop(self, reason: str) -> None:
         self._dropped += 1
-        self._unnoted[reason] = self._unnoted.get(reason, 0) + 1
+        self._unnoted_reasons.add(reason)
 
     def _drop_many(self, records: int, reason: str) -> None:
         self._dropped += records
-        self._unnoted[reason] = self._unnoted.get(reason, 0) + records
+        self._unnoted_reasons.add(reason)
 
     # -- the shipper -------------------------------------------------------------------
 
@@ -309,11 +308,12 @@ class RecordQueue:
     def pop_drop_note(self) -> tuple[int, str] | None:
         """Drops not yet written into the stream: (count, reasons), once each."""
         with self._lock:
-            if not self._unnoted:
+            count = self._dropped - self._noted
+            if not count:
                 return None
-            count = sum(self._unnoted.values())
-            reasons = ", ".join(sorted(self._unnoted))
-            self._unnoted.clear()
+            reasons = ", ".join(sorted(self._unnoted_reasons))
+            self._noted += count
+            self._unnoted_reasons.clear()
             return count, reasons
 
     def put_note(self, created: float, data: bytes) -> bool:
@@ -331,7 +331,8 @@ class RecordQueue:
     def restore_drop_note(self, count: int, reasons: str) -> None:
         """A note that found no room: keep its count for the next try."""
         with self._lock:
-            self._unnoted[reasons] = self._unnoted.get(reasons, 0) + count
+            self._noted -= count
+            self._unnoted_reasons.update(reasons.split(", "))
 
     # -- flush and close ---------------------------------------------------------------
 
@@ -350,9 +351,6 @@ class RecordQueue:
             if ready:
                 self._flushes = [r for r in self._flushes if r.target > self._settled]
             return ready
-
-    def has_flush_requests(self) -> bool:
-        return bool(self._flushes)
 
     def release_all_flushes(self) -> None:
         """The shipper is gone: nobody may wait on it any longer."""
