@@ -5,6 +5,10 @@ Cost goals (issue 13: CPU per byte is what a service pays to ship its logs):
 - one copy per byte written (into a preallocated ``bytearray``), none to send it: a chunk
   goes out as a read-only ``memoryview`` of the buffer (:meth:`ChunkBuffer.view`), not as a
   ``bytes`` copy. ``peek`` still returns a copy, for callers that keep the bytes.
+- little Python work per small write (4 KiB writes are ~260,000 calls per GiB): the copy
+  goes through one ``memoryview`` of the buffer kept for its lifetime (slice assignment to a
+  memoryview measured ~0.5 us cheaper per 4 KiB write than to the ``bytearray``), and the
+  CRC32C function is bound once at import.
 - the CRC32C is computed once per byte, as it is appended. google-crc32c's C extension takes
   only objects without a buffer-release hook (``bytes``, not ``memoryview``, not even a
   read-only one), so it reads the caller's ``bytes`` directly; other buffers cost a copy.
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import base64
 
-import google_crc32c
+from google_crc32c import extend as _crc32c_extend
 
 __all__ = ["UPLOAD_UNIT", "ChunkBuffer", "crc32c_base64", "next_chunk_length"]
 
@@ -46,13 +50,14 @@ class ChunkBuffer:
     doubles as it fills, like a list.
     """
 
-    __slots__ = ("_capacity", "_confirmed", "_crc", "_data", "_size", "_start")
+    __slots__ = ("_capacity", "_confirmed", "_crc", "_data", "_size", "_start", "_whole")
 
     def __init__(self, capacity: int = 0) -> None:
         if capacity < 0:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self._capacity = capacity
         self._data = bytearray(capacity)  # held bytes: self._data[_start:_start + _size]
+        self._whole = memoryview(self._data)  # writable; the buffer is never resized anyway
         self._start = 0
         self._size = 0
         self._confirmed = 0  # absolute offset of self._data[self._start]
@@ -97,15 +102,17 @@ class ChunkBuffer:
         """Take (copy) bytes the caller wrote; returns :attr:`pending` after it."""
         if type(data) is not bytes:
             data = bytes(data)  # google-crc32c takes bytes only
-        self._crc = google_crc32c.extend(self._crc, data)
-        needed = self._size + len(data)
-        if self._start + needed > len(self._data):
-            self._make_room(needed)
+        self._crc = _crc32c_extend(self._crc, data)
         at = self._start + self._size
+        end = at + len(data)
+        if end > len(self._data):
+            self._make_room(self._size + len(data))
+            at = self._size
+            end = at + len(data)
         # Equal lengths: a copy into place, never a resize (views may be alive).
-        self._data[at : at + len(data)] = data
-        self._size = needed
-        return needed
+        self._whole[at:end] = data
+        self._size = size = end - self._start
+        return size
 
     def view(self, length: int) -> memoryview:
         """The first ``length`` unconfirmed bytes, read-only and without a copy.
@@ -115,8 +122,7 @@ class ChunkBuffer:
         """
         if not 0 <= length <= self._size:
             raise ValueError(f"cannot view {length} of {self._size} bytes")
-        with memoryview(self._data) as whole:
-            return whole[self._start : self._start + length].toreadonly()
+        return self._whole[self._start : self._start + length].toreadonly()
 
     def peek(self, length: int) -> bytes:
         """A copy of the first ``length`` unconfirmed bytes."""
@@ -149,21 +155,21 @@ class ChunkBuffer:
         """Room for ``needed`` held bytes from the front: the rest moved to the front, or a
         new, larger buffer (the old one may have live views: never resize it)."""
         start, size = self._start, self._size
+        whole = self._whole
         if needed <= len(self._data):
             if size:
-                with memoryview(self._data) as whole:
-                    source = whole[start : start + size]
-                    # Overlapping ranges go through a copy.
-                    self._data[:size] = source if size <= start else bytes(source)
-                    source.release()
+                source = whole[start : start + size]
+                # Overlapping ranges go through a copy.
+                whole[:size] = source if size <= start else bytes(source)
+                source.release()
         else:
             grown_size = (
                 max(needed, self._capacity) if self._capacity else max(needed, 2 * len(self._data))
             )
             grown = bytearray(grown_size)
-            with memoryview(self._data) as whole:
-                grown[:size] = whole[start : start + size]
+            grown[:size] = whole[start : start + size]
             self._data = grown
+            self._whole = memoryview(grown)
         self._start = 0
 
 
