@@ -138,14 +138,20 @@ class _Watchdog:
     A ``threading.Timer`` per request cost a thread start and stop (~100 us of CPU) for
     every chunk sent; this keeps a heap of deadlines instead. A finished watch stays in
     the heap until its deadline comes up, and is then dropped unexpired (cheaper than
-    searching the heap at every request's end).
+    searching the heap at every request's end). So that many quick requests with long
+    deadlines cannot grow the heap without bound, it is rebuilt from its live watches
+    whenever it doubles past :data:`COMPACT_AT` entries: memory follows the requests in
+    flight, not the request rate times the timeout.
     """
+
+    COMPACT_AT = 256
 
     def __init__(self) -> None:
         self._condition = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, _Watch]] = []
         self._counter = itertools.count()
         self._thread: threading.Thread | None = None
+        self._compact_at = self.COMPACT_AT
 
     def schedule(self, watch: _Watch, deadline: float) -> bool:
         """Expire ``watch`` at monotonic ``deadline``; False when no thread can watch it.
@@ -165,6 +171,10 @@ class _Watchdog:
                 except RuntimeError:
                     return False
                 self._thread = thread
+            if len(self._heap) >= self._compact_at:
+                self._heap[:] = [item for item in self._heap if not item[2].done]
+                heapq.heapify(self._heap)
+                self._compact_at = max(self.COMPACT_AT, 2 * len(self._heap))
             entry = (deadline, next(self._counter), watch)
             heapq.heappush(self._heap, entry)
             if self._heap[0] is entry:
@@ -193,6 +203,7 @@ class _Watchdog:
         self._condition = threading.Condition(threading.Lock())
         self._heap = []
         self._thread = None
+        self._compact_at = self.COMPACT_AT
 
 
 _WATCHDOG = _Watchdog()

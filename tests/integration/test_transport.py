@@ -125,3 +125,21 @@ def test_a_connection_added_after_expiry_is_shut_at_once() -> None:
         late = _Connection()
         watch.add(late)
         assert 0.0 != late.sock.shut
+
+
+def test_finished_watches_do_not_pile_up_while_their_deadlines_are_far() -> None:
+    """Thousands of quick requests with a long timeout: the watchdog's heap holds about the
+    requests in flight, not every request of the last timeout (memory is not rate x time)."""
+    from gcs_log_sink._transport import _WATCHDOG
+
+    live = []
+    for i in range(5000):
+        with _watched(600.0) as watch:
+            assert watch is not None
+        if i % 1000 == 0:  # a few still in flight, and kept
+            context = _watched(600.0)
+            live.append((context, context.__enter__()))
+    assert len(_WATCHDOG._heap) <= 2 * _WATCHDOG.COMPACT_AT + len(live)
+    assert all(any(entry[2] is watch for entry in _WATCHDOG._heap) for _, watch in live)
+    for context, _ in live:
+        context.__exit__(None, None, None)
