@@ -109,6 +109,11 @@ class _Watch:
             if self.expired:
                 _shut(connection)
 
+    def discard(self, connection: Any) -> None:
+        """``connection`` went back to the pool: another request may take it, never shut it."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._connections.remove(connection)
+
     def expire(self) -> None:
         """Shut every connection down; again shortly, for one that had no socket yet."""
         with self._lock:
@@ -231,6 +236,14 @@ class _WatchedPoolMixin:
         if watch is not None:
             watch.add(connection)
         return connection
+
+    def _put_conn(self, connection: Any) -> None:
+        # The answer was read and requests hands the connection back before our request
+        # ends: from here a deadline passing must not shut it under another request.
+        watch: _Watch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.discard(connection)
+        super()._put_conn(connection)  # type: ignore[misc]
 
 
 class _WatchedHTTPPool(_WatchedPoolMixin, urllib3.connectionpool.HTTPConnectionPool):

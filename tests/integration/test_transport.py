@@ -83,6 +83,9 @@ class _Connection:
     def __init__(self) -> None:
         self.sock = _Socket()
 
+    def close(self) -> None:  # a pool closes what it holds when it goes
+        pass
+
 
 def test_one_watchdog_thread_expires_each_watch_at_its_deadline() -> None:
     """Requests share one long-lived watchdog thread (no thread per request): each watch's
@@ -143,3 +146,23 @@ def test_finished_watches_do_not_pile_up_while_their_deadlines_are_far() -> None
     assert all(any(entry[2] is watch for entry in _WATCHDOG._heap) for _, watch in live)
     for context, _ in live:
         context.__exit__(None, None, None)
+
+
+def test_a_connection_handed_back_to_the_pool_is_not_shut_at_the_deadline() -> None:
+    """requests returns a connection to the pool as soon as the answer is read, before the
+    request's watch ends: a deadline passing in between must not shut that connection, which
+    another request (another stream on the same session) may already be using."""
+    from gcs_log_sink._transport import _WatchedHTTPPool
+
+    pool = _WatchedHTTPPool("127.0.0.1", 9, maxsize=1)
+    pool._get_conn()  # room in the pool for the one handed back
+    with _watched(0.05) as watch:
+        assert watch is not None
+        handed_back = _Connection()
+        watch.add(handed_back)  # as _get_conn does for the request's connection
+        pool._put_conn(handed_back)  # the answer was read
+        deadline = time.monotonic() + 5
+        while not watch.expired and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert (True, 0.0) == (watch.expired, handed_back.sock.shut)
+    assert handed_back in pool.pool.queue  # type: ignore[union-attr]
