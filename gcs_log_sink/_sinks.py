@@ -49,21 +49,11 @@ class StreamOptions:
         observer: UploadObserver | None,
     ) -> GCSObjectStream:
         """Open a resumable upload of ``bucket/name`` with these settings."""
-        return GCSObjectStream(
-            bucket,
-            name,
-            client=client,
-            chunk_size=self.chunk_size,
-            content_type=self.content_type,
-            metadata=self.metadata,
-            timeout=self.timeout,
-            retry_deadline=self.retry_deadline,
-            _cancel=cancel,
-            _observer=observer,
-        )
+        return GCSObjectStream(bucket, name, client=client, **self.as_kwargs(cancel, observer))
 
     def as_kwargs(self, cancel: threading.Event, observer: UploadObserver | None) -> dict[str, Any]:
-        """The same settings for :func:`~gcs_log_sink.recovery.ship_segment`."""
+        """These settings as the keyword arguments of :class:`GCSObjectStream`, which
+        :func:`~gcs_log_sink.recovery.ship_segment` passes on (listed once, here)."""
         return {
             "chunk_size": self.chunk_size,
             "content_type": self.content_type,
