@@ -127,8 +127,15 @@ class Shipper:
     def start(self) -> None:
         """Start the shipping thread (and the spool's upload thread). Never raises: from
         Python 3.12 no thread starts once the interpreter is exiting, so records first
-        logged from an atexit hook are shipped by :meth:`run_inline` at close instead."""
-        with self._start_lock:
+        logged from an atexit hook are shipped by :meth:`run_inline` at close instead.
+
+        Never waits either: whoever holds the lock is starting the thread, another thread
+        or this one, re-entered by a signal handler that logs while ``Thread.start()`` runs
+        (waiting there would wait for ever). The record that called is queued already.
+        """
+        if not self._start_lock.acquire(blocking=False):
+            return
+        try:
             if self._thread is not None or self.inline:
                 return
             thread = threading.Thread(
@@ -143,6 +150,8 @@ class Shipper:
             self.started = True
             if self._uploader is not None:
                 self._uploader.start()
+        finally:
+            self._start_lock.release()
 
     def run_inline(self, deadline: float) -> None:
         """Ship on the calling thread (the queue is closed) until done or ``deadline``."""

@@ -385,6 +385,54 @@ def test_a_signal_landing_while_emit_wakes_the_shipper_does_not_deadlock(
     assert sorted(expected) == sorted(lines_of(objects_of(client, bucket, "wake/")))
 
 
+_SIGNAL_IN_START_SCRIPT = """
+import faulthandler, logging, signal, sys
+from gcs_log_sink import GCSHandler
+
+faulthandler.dump_traceback_later(5, exit=True)  # a hang shows where every thread is
+handler = GCSHandler({bucket!r}, prefix="start/")
+handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+log = logging.getLogger("start")
+log.addHandler(handler)
+log.setLevel(logging.INFO)
+log.propagate = False
+signal.signal(signal.SIGUSR1, lambda signum, frame: log.warning("from the signal handler"))
+fired = []
+def tracer(frame, event, arg):
+    # The signal lands in threading.Thread.start() called by the shipper's start(): the
+    # first record's put is starting the shipping thread.
+    caller = frame.f_back
+    if (
+        event == "call" and not fired and frame.f_code.co_name == "start"
+        and caller is not None and caller.f_code.co_filename.endswith("_shipper.py")
+    ):
+        fired.append(True)
+        signal.raise_signal(signal.SIGUSR1)
+    return None
+sys.settrace(tracer)
+log.info("first %d", 1)
+sys.settrace(None)
+log.info("second")
+handler.close()
+print(len(fired), handler.dropped, flush=True)
+faulthandler.cancel_dump_traceback_later()
+"""
+
+
+def test_a_signal_handler_logging_while_the_first_record_starts_the_shipper(
+    gcs: LocalGCS, client: Any, bucket: str
+) -> None:
+    """The first record starts the shipping thread; a signal whose handler logs lands inside
+    that start (``Thread.start`` waits for the new thread). A re-entered start must not wait
+    on the lock its own thread holds: all three records shipped, in order. (Found by the #13
+    breaker; it hung on main since #9.)"""
+    result = run_script(gcs.url, _SIGNAL_IN_START_SCRIPT.format(bucket=bucket), timeout=20)
+    assert 0 == result.returncode, result.stderr
+    assert "1 0" == result.stdout.strip()
+    expected = ["INFO first 1", "WARNING from the signal handler", "INFO second"]
+    assert expected == lines_of(objects_of(client, bucket, "start/"))
+
+
 _SIGNAL_WHILE_BLOCKED_SCRIPT = """
 import json, logging, signal, time
 from gcs_log_sink import GCSHandler
