@@ -15,15 +15,22 @@ for a background handler; ``FileHandler`` to a temporary file on local disk; ``G
 (defaults: max_bytes 64 MiB, chunk 8 MiB, queue 10,000 records / 64 MiB, overflow "block")
 against :class:`gcs_log_sink._localgcs.LocalGCS` on 127.0.0.1.
 
-1. Caller-thread cost: ``--calls`` calls, only the loop timed (``perf_counter``), median of
-   ``--repeat``, handlers alternating. Target: GCSHandler <= 1.3x the QueueHandler floor.
+1. Caller-thread cost: ``--calls`` calls, only the loop timed, median of ``--repeat``,
+   handlers alternating. Two clocks: ``perf_counter`` (wall: includes whatever the
+   handler's own threads take from the caller while it runs, through the GIL) and
+   ``thread_time`` of the calling thread (its CPU only; steadier on this noisy machine).
+   Target (issue 13): GCSHandler <= 0.6x the QueueHandler floor, i.e. the handler's share
+   above NullHandler under half of QueueHandler's; both ratios are printed.
 2. End to end: ``--records`` records from one thread, from the first call until close()
    returns (GCSHandler: objects finalized, so readable; QueueHandler: listener stopped),
-   each in a fresh subprocess (``--one e2e-KIND``). Target: GCSHandler >= 0.7x FileHandler.
+   each in a fresh subprocess (``--one e2e-KIND``), median of ``--e2e-repeat``, kinds
+   alternating. Target (issue 13): GCSHandler >= 1.3x FileHandler.
 3. Peak RSS growth in that subprocess over its RSS after setup, sampled every 10 ms. Target:
    GCSHandler <= max_queue_bytes + 2 x chunk_size + 30 MiB, also with 3x the records (skip
    that run, ~1 min, with ``--no-rss-scaling``): the peak must not grow with the count.
 
+Every GCSHandler round starts on a wiped server (objects deleted, buckets kept): the
+emulator's memory grows with what it holds and would slow later rounds.
 Draining, closing and verifying happen after the clock stops: GCSHandler's objects and
 FileHandler's file are read back and every line checked in order; a drop (``dropped``), a
 loss or a mismatch stops the run. Other processes on this 2-core machine skew the figures:
@@ -156,16 +163,18 @@ def log_records(logger: logging.Logger, count: int) -> None:
         logger.info(MESSAGE, i, i * 7)
 
 
-def caller_cost(kind: str, port: int, workdir: str, calls: int, tag: str) -> float:
-    """Microseconds per call on the caller's thread; drained and verified after the clock."""
+def caller_cost(kind: str, port: int, workdir: str, calls: int, tag: str) -> tuple[float, float]:
+    """Microseconds per call on the caller's thread, by perf_counter and by thread_time;
+    drained and verified after the clocks."""
     target = make_target(kind, port, workdir, tag)
     logger = attach(target.handler)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     log_records(logger, calls)
+    cpu = time.thread_time() - cpu_started
     elapsed = time.perf_counter() - started
     target.finish()
     target.verify(calls)
-    return elapsed / calls * 1e6
+    return elapsed / calls * 1e6, cpu / calls * 1e6
 
 
 def run_one_e2e(kind: str, port: int, workdir: str, records: int) -> dict[str, float]:
@@ -211,19 +220,22 @@ def run_e2e(kind: str, port: int, workdir: str, records: int) -> dict[str, float
 def report(
     args: argparse.Namespace,
     us: dict[str, float],
+    cpu_us: dict[str, float],
     e2e: dict[str, dict[str, float]],
     scaled: dict[str, float] | None,
 ) -> bool:
     """Print the table and the targets; True when every target passes."""
     floor_kind = min(QUEUE_KINDS, key=us.__getitem__)
-    floor, file_rate = us[floor_kind], e2e["file"]["rate"]
+    cpu_floor_kind = min(QUEUE_KINDS, key=cpu_us.__getitem__)
+    floor, cpu_floor, file_rate = us[floor_kind], cpu_us[cpu_floor_kind], e2e["file"]["rate"]
     print(
-        f"\n{args.calls:,} calls (median of {args.repeat}); end to end {args.records:,} records;"
-        f"\nfloor = {LABELS[floor_kind]} (the faster QueueHandler); [notes] = field notes; "
-        "RSS = peak growth over the baseline"
+        f"\n{args.calls:,} calls (median of {args.repeat}); end to end {args.records:,} records"
+        f" (median of {args.e2e_repeat});\nfloor = the faster QueueHandler by each clock "
+        f"(wall: {LABELS[floor_kind]}, cpu: {LABELS[cpu_floor_kind]}); [notes] = field notes; "
+        "cpu = thread_time of the calling thread; RSS = peak growth over the baseline"
     )
     header = (
-        f"{'handler':<23}{'us/call':>8}{'[notes]':>8}{'vs floor':>10}"
+        f"{'handler':<23}{'us/call':>8}{'[notes]':>8}{'vs floor':>10}{'cpu us':>8}{'vs floor':>10}"
         f"{'records/s':>11}{'[notes]':>10}{'vs File':>9}{'peak RSS MiB':>14}"
     )
     print(header + "\n" + "-" * len(header))
@@ -231,7 +243,8 @@ def report(
         rate = e2e[kind]["rate"]
         print(
             f"{LABELS[kind]:<23}{us[kind]:>8.2f}{NOTES_US.get(kind, '-'):>8}"
-            f"{us[kind] / floor:>9.2f}x{rate:>11,.0f}{NOTES_RATE.get(kind, '-'):>10}"
+            f"{us[kind] / floor:>9.2f}x{cpu_us[kind]:>8.2f}{cpu_us[kind] / cpu_floor:>9.2f}x"
+            f"{rate:>11,.0f}{NOTES_RATE.get(kind, '-'):>10}"
             f"{rate / file_rate:>8.2f}x{e2e[kind]['rss_mib']:>14.1f}"
         )
     peaks = [(args.records, e2e["gcs"]["rss_mib"])]
@@ -247,11 +260,21 @@ def report(
         print("note: the 3x-records RSS run was skipped (--no-rss-scaling)")
     else:
         print(f"  3x/1x peak ratio {scaled['rss_mib'] / max(e2e['gcs']['rss_mib'], 0.1):.2f}")
-    cost_ratio, rate_ratio = us["gcs"] / floor, e2e["gcs"]["rate"] / file_rate
+    null, cpu_null = us["null"], cpu_us["null"]
+    cost_ratio, cpu_ratio = us["gcs"] / floor, cpu_us["gcs"] / cpu_floor
+    # The handler's own share above NullHandler, against QueueHandler's share.
+    share = (us["gcs"] - null) / max(floor - null, 1e-9)
+    cpu_share = (cpu_us["gcs"] - cpu_null) / max(cpu_floor - cpu_null, 1e-9)
+    rate_ratio = e2e["gcs"]["rate"] / file_rate
     spool_ratio = e2e["gcs-spool"]["rate"] / e2e["gcs"]["rate"]
+    print(
+        f"\nGCSHandler's share above NullHandler vs QueueHandler's: wall {share:.2f}, "
+        f"cpu {cpu_share:.2f} (the issue's reading of 0.6x: under 0.5)"
+    )
     targets = [
-        (f"GCSHandler us/call <= 1.3x the floor ({cost_ratio:.2f}x)", cost_ratio <= 1.3),
-        (f"GCSHandler records/s >= 0.7x FileHandler ({rate_ratio:.2f}x)", rate_ratio >= 0.7),
+        (f"GCSHandler cpu us/call <= 0.6x the floor ({cpu_ratio:.2f}x)", cpu_ratio <= 0.6),
+        (f"GCSHandler wall us/call <= 0.6x the floor ({cost_ratio:.2f}x)", cost_ratio <= 0.6),
+        (f"GCSHandler records/s >= 1.3x FileHandler ({rate_ratio:.2f}x)", rate_ratio >= 1.3),
         (
             f"GCSHandler(spool_dir) records/s >= 0.7x GCSHandler ({spool_ratio:.2f}x)",
             spool_ratio >= 0.7,
@@ -271,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200_000, help="calls per caller-cost run")
     parser.add_argument("--repeat", type=int, default=3, help="caller-cost runs per handler")
     parser.add_argument("--records", type=int, default=1_000_000, help="end-to-end records")
+    parser.add_argument("--e2e-repeat", type=int, default=3, help="end-to-end runs per handler")
     parser.add_argument(
         "--rss-scaling",
         action=argparse.BooleanOptionalAction,
@@ -290,22 +314,41 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     print("load average at start:", *(f"{load:.2f}" for load in os.getloadavg()), flush=True)
     costs: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    cpu_costs: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     scaled: dict[str, float] | None = None
     with LocalGCS() as gcs, tempfile.TemporaryDirectory(prefix="bench-handler-") as workdir:
         gcs.client().create_bucket(BUCKET)
         for round_number in range(1, args.repeat + 1):
             for kind in KINDS:
-                cost = caller_cost(kind, gcs.port, workdir, args.calls, f"calls-{round_number}")
+                gcs.wipe()
+                tag = f"calls-{round_number}"
+                cost, cpu = caller_cost(kind, gcs.port, workdir, args.calls, tag)
                 costs[kind].append(cost)
+                cpu_costs[kind].append(cpu)
                 print(
-                    f"[calls {round_number}/{args.repeat}] {LABELS[kind]:<22} {cost:6.2f} us/call",
+                    f"[calls {round_number}/{args.repeat}] {LABELS[kind]:<22} {cost:6.2f} us/call"
+                    f"  cpu {cpu:6.2f} us/call",
                     flush=True,
                 )
-        e2e = {kind: run_e2e(kind, gcs.port, workdir, args.records) for kind in KINDS}
+        for round_number in range(args.e2e_repeat):
+            order = KINDS if round_number % 2 == 0 else KINDS[::-1]
+            for kind in order:
+                gcs.wipe()
+                runs[kind].append(run_e2e(kind, gcs.port, workdir, args.records))
         if args.rss_scaling:
+            gcs.wipe()
             scaled = run_e2e("gcs", gcs.port, workdir, 3 * args.records)
     us = {kind: statistics.median(values) for kind, values in costs.items()}
-    passed = report(args, us, e2e, scaled)
+    cpu_us = {kind: statistics.median(values) for kind, values in cpu_costs.items()}
+    e2e = {
+        kind: {
+            "rate": statistics.median(run["rate"] for run in kind_runs),
+            "rss_mib": max(run["rss_mib"] for run in kind_runs),
+        }
+        for kind, kind_runs in runs.items()
+    }
+    passed = report(args, us, cpu_us, e2e, scaled)
     print("\nload average at end:", *(f"{load:.2f}" for load in os.getloadavg()))
     print(f"total {time.monotonic() - began:.0f} s")
     return 1 if args.check and not passed else 0

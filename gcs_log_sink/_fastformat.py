@@ -6,7 +6,11 @@ what a background handler costs its caller, and half of that is ``formatTime`` c
 whose class is exactly ``logging.Formatter`` this does what ``Formatter.format`` does, step
 for step, with the date text cached per second (``converter``, ``datefmt`` and the default
 formats are read at every call, so changing them takes effect at once). Any other formatter,
-and every record with exception or stack text, goes through its own ``format``.
+every record with exception or stack text, and a stock formatter whose ``format`` or
+``formatTime`` was replaced (on the class, as the ISO-8601 recipes do, or on the instance)
+go through their own ``format``. The date text is cached only for the builtin converters
+(``time.localtime``, ``time.gmtime``): another one may move the time by part of a second,
+so the same second of ``created`` is not the same second of its text.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ __all__ = ["format_record"]
 # (second, converter, datefmt, default_time_format, date text), replaced whole: one
 # assignment, so threads never see half of it.
 _cached: tuple[int, object, object, object, str] = (-1, None, None, None, "")
+_STOCK_FORMAT = logging.Formatter.format
+_STOCK_FORMAT_TIME = logging.Formatter.formatTime
+_CACHEABLE_CONVERTERS = (time.localtime, time.gmtime)
 
 
 def format_record(formatter: logging.Formatter, record: logging.LogRecord) -> str:
@@ -28,6 +35,10 @@ def format_record(formatter: logging.Formatter, record: logging.LogRecord) -> st
         or record.exc_info
         or record.exc_text
         or record.stack_info
+        or logging.Formatter.format is not _STOCK_FORMAT
+        or logging.Formatter.formatTime is not _STOCK_FORMAT_TIME
+        or "format" in (own := formatter.__dict__)
+        or "formatTime" in own
     ):
         return formatter.format(record)
     record.message = record.getMessage()
@@ -39,8 +50,9 @@ def format_record(formatter: logging.Formatter, record: logging.LogRecord) -> st
 def _format_time(formatter: logging.Formatter, record: logging.LogRecord) -> str:
     global _cached
     created = record.created
-    second = int(created) if created >= 0 else -2  # the epoch's far side: never cached
     converter = formatter.converter
+    # Never cached: the epoch's far side, and converters that may shift by part of a second.
+    second = int(created) if created >= 0 and converter in _CACHEABLE_CONVERTERS else -2
     datefmt = formatter.datefmt
     time_format = formatter.default_time_format
     cached = _cached

@@ -31,6 +31,7 @@ import math
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -60,6 +61,9 @@ __all__ = ["GCSHandler", "HandlerStats"]
 
 _OVERFLOW_POLICIES = ("block", "drop")
 _DEFAULT_FORMATTER = logging.Formatter()  # what logging.Handler.format uses without one
+_get_ident = threading.get_ident
+# What Handler.handle returns for a record no filter refused: from 3.12 the record itself.
+_HANDLE_RETURNS_RECORD = sys.version_info >= (3, 12)
 _COMPRESSIONS = (None, "gzip")
 
 
@@ -204,6 +208,11 @@ class GCSHandler(logging.Handler):
         self._client = LazyClient(client)
         self._stream_name = stream
         self._clock = clock
+        self._wall_clock = clock is time.time  # records carry their own time.time() stamp
+        # emit() and format() as written here: with the stock formatter, handle() can skip
+        # self.lock (a subclass may count on it, as logging's own handlers do).
+        cls = type(self)
+        self._stock_emit = cls.emit is GCSHandler.emit and cls.format is GCSHandler.format
         self._spool_root = spool_dir
         self._spool: Spool | None = None
         self._closed = False
@@ -260,12 +269,34 @@ class GCSHandler(logging.Handler):
 
     # -- the caller's side ---------------------------------------------------------------
 
-    def handle(self, record: logging.LogRecord) -> bool:
+    def handle(self, record: logging.LogRecord) -> Any:
+        """As ``logging.Handler.handle``, without ``self.lock`` where it guards nothing.
+
+        ``self.lock`` serializes ``emit()`` for handlers whose output is shared state (a
+        stream). Here ``emit()`` formats one record and queues it under the queue's own lock;
+        with the stock ``logging.Formatter`` (no state of its own) the handler lock only cost
+        every caller a lock round trip and made threads wait on each other. A subclass
+        overriding ``emit()`` or ``format()``, and any other formatter, still get it.
+        """
         # Records the handler's own threads cause (urllib3, google-auth) are dropped before
         # self.lock: taking it here could deadlock close() under logging.shutdown.
-        if threading.get_ident() in self._own_threads:
+        if _get_ident() in self._own_threads:
             return False
-        return super().handle(record)
+        if self.filters:
+            rv: Any = self.filter(record)
+            if not rv:
+                return rv
+            if isinstance(rv, logging.LogRecord):  # 3.12: a filter may hand back another
+                record = rv
+        else:
+            rv = record if _HANDLE_RETURNS_RECORD else True
+        formatter = self.formatter
+        if self._stock_emit and (formatter is None or type(formatter) is logging.Formatter):
+            self.emit(record)
+        else:
+            with self.lock:  # type: ignore[union-attr]  # made in Handler.__init__
+                self.emit(record)
+        return rv
 
     def format(self, record: logging.LogRecord) -> str:
         """As ``logging.Handler.format``; the stock formatter's date text is cached per second."""
@@ -277,12 +308,15 @@ class GCSHandler(logging.Handler):
             if self._stream_name is None:
                 self._stream_name = record.name or "log"
             line = self.format(record)
-            created = record.created if self._clock is time.time else self._clock()
+            created = record.created if self._wall_clock else self._clock()
             data = (line + "\n").encode("utf-8", "backslashreplace")
         except Exception:
             self.handleError(record)
             return
-        self._put(created, data)
+        # _put(), inlined: this runs once per record on the caller's thread.
+        queued = self._queue.put(created, data, self._block_timeout)
+        if not queued or not self._shipper.started:
+            self._after_put(queued)
 
     def enqueue(self, line: bytes) -> bool:
         """Queue one already formatted record, a complete line (structlog's path).
@@ -300,6 +334,12 @@ class GCSHandler(logging.Handler):
 
     def _put(self, created: float, data: bytes) -> bool:
         queued = self._queue.put(created, data, self._block_timeout)
+        self._after_put(queued)
+        return queued
+
+    def _after_put(self, queued: bool) -> None:
+        """Start the shipping thread with the first record; say once that records logged
+        after close() are dropped."""
         if queued:
             if not self._shipper.started:
                 self._shipper.start()
@@ -309,7 +349,6 @@ class GCSHandler(logging.Handler):
                 "records logged after close() are dropped (counted in handler.dropped)",
                 error=False,
             )
-        return queued
 
     def _drop_note(self, count: int, reasons: str) -> bytes:
         """The line the stream itself carries about dropped records, in the handler's format."""

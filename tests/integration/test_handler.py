@@ -402,3 +402,70 @@ def test_a_bad_emulator_host_fails_the_constructor(
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
     with pytest.raises(ConfigurationError, match="STORAGE_EMULATOR_HOST"):
         GCSHandler("some-bucket")
+
+
+class _OneAtATimeFormatter(logging.Formatter):
+    """A formatter with state of its own, as some are: it counts on ``handler.lock``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(threadName)s %(message)s")
+        self.inside = 0
+        self.overlaps = 0
+
+    def format(self, record: logging.LogRecord) -> str:
+        self.inside += 1
+        if self.inside > 1:
+            self.overlaps += 1
+        time.sleep(0)  # let another thread in, if the handler would let it
+        text = super().format(record)
+        self.inside -= 1
+        return text
+
+
+def test_handle_keeps_the_handler_lock_for_formatters_it_does_not_know(
+    client: Any, bucket: str, logger: logging.Logger
+) -> None:
+    """The stock formatter runs without ``handler.lock`` (it has no state); any other
+    formatter is still called under it, one record at a time, as logging promises."""
+    handler = GCSHandler(bucket, client=client)
+    formatter = _OneAtATimeFormatter()
+    handler.setFormatter(formatter)
+    logger.addHandler(handler)
+
+    def produce(tag: str) -> None:
+        for i in range(2000):
+            logger.info("%s %d", tag, i)
+
+    threads = [threading.Thread(target=produce, args=(f"t{n}",), name=f"t{n}") for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.close()
+    assert 0 == formatter.overlaps
+    lines = lines_of(read_all(client, bucket))
+    for n in range(4):
+        assert [f"t{n} t{n} {i}" for i in range(2000)] == [
+            line for line in lines if line.startswith(f"t{n} ")
+        ]
+
+
+def test_handle_applies_the_handlers_filters_without_the_lock(
+    client: Any, bucket: str, logger: logging.Logger
+) -> None:
+    """Filters on the handler still decide, and see every record, on the lock-free path."""
+    handler = GCSHandler(bucket, client=client)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    seen: list[str] = []
+
+    def only_even(record: logging.LogRecord) -> bool:
+        seen.append(record.getMessage())
+        return int(record.args[0]) % 2 == 0  # type: ignore[index]
+
+    handler.addFilter(only_even)
+    logger.addHandler(handler)
+    for i in range(100):
+        logger.info("%d", i)
+    handler.close()
+    assert [str(i) for i in range(100)] == seen
+    assert [str(i) for i in range(0, 100, 2)] == lines_of(read_all(client, bucket))
