@@ -215,23 +215,31 @@ class RecordQueue:
         """Up to ``max_bytes`` (or ``max_records``) entries from the head; never blocks."""
         batch = Batch()
         entries = batch.entries
+        append = entries.append
+        size = records = taken = 0
+        newest = -math.inf
         with self._lock:
             items = self._items
-            while items and batch.size < max_bytes and len(entries) < max_records:
-                entry = items.popleft()
-                entries.append(entry)
-                if entry is not ROTATE:
-                    assert not isinstance(entry, RotateMarker)
-                    created = entry[0]
-                    if not batch.records:
-                        self._in_flight_oldest = created
-                    if created > batch.newest:
-                        batch.newest = created
-                    batch.records += 1
-                    batch.size += len(entry[1])
-            self._queued_records -= batch.records
-            self._queued_bytes -= batch.size
-            self._in_flight += batch.records
+            popleft = items.popleft
+            # Locals, not the batch's attributes, in the loop: it runs per record with the
+            # queue's lock held, and callers wait on that lock.
+            while items and size < max_bytes and taken < max_records:
+                entry = popleft()
+                append(entry)
+                taken += 1
+                if entry is ROTATE:
+                    continue
+                created = entry[0]  # type: ignore[index]  # a record: no isinstance per record
+                if not records:
+                    self._in_flight_oldest = created
+                if created > newest:
+                    newest = created
+                records += 1
+                size += len(entry[1])  # type: ignore[index]
+            batch.size, batch.records, batch.newest = size, records, newest
+            self._queued_records -= records
+            self._queued_bytes -= size
+            self._in_flight += records
             batch.final = self._closed and not items
             if entries:
                 self._space.notify_all()
