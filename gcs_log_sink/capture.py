@@ -70,8 +70,6 @@ __all__ = [
 # small pieces) a share of the feeder's join, so fewer, larger reads cost less per byte;
 # the pipes are grown to match (:func:`grow_pipe`), else a read gets at most 64 KiB.
 READ_SIZE = 1024 * 1024
-# The first read, and any after a short one: a pipe's default size (see _Pump).
-SMALL_READ = 64 * 1024
 # What drain() copies at most once the grace period is over (a left-behind writer may
 # never stop): as much as before reads grew.
 DRAIN_BYTES = 4 * 1024 * 1024
@@ -631,6 +629,21 @@ def grow_pipe(fd: int, size: int = READ_SIZE) -> int:
         return 0
 
 
+def _raise_mmap_threshold(read_size: int) -> None:
+    """Make a read asked ``read_size`` and given one line cost what a small read costs.
+
+    glibc's malloc serves a request above its mmap threshold (128 KiB, until the process
+    frees a larger mmapped block) with mmap, so a 1 MiB ask answered with one line also
+    costs an mremap and a munmap: 21 us a read against 1.3 us, measured. Freeing one block
+    larger than a read raises the threshold past it for the rest of the process. Start-up
+    (the imports) usually does that already; this makes it certain, for about 0.5 ms once.
+    (Asking 64 KiB until reads come back full was measured too: 15 MiB more peak RSS and
+    more CPU under a flood, from the mix of sizes.) Elsewhere than glibc: harmless.
+    """
+    block = bytearray(2 * read_size)
+    del block
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -663,13 +676,8 @@ class _Pump:
         # Each read becomes one bytes object that lives in the buffer until GCS has it:
         # a reused buffer would need a copy per read, which is what a read already is.
         self.read_size = read_size
-        # What each fd is read with next: SMALL_READ until a read fills it (output is
-        # flowing), then read_size until one comes back short. Asking 1 MiB for a line
-        # costs an mmap, an mremap and a munmap in malloc (13 us a read, measured, against
-        # 1 us for 64 KiB): a build that prints line by line must not pay that.
-        self.small_read = min(SMALL_READ, read_size)
-        self._next_read = dict.fromkeys(self.sources, self.small_read)
         self.closed_outputs: set[int] = set()
+        _raise_mmap_threshold(read_size)
 
     def drain(self, limit: int = DRAIN_BYTES) -> None:
         """Copy what is readable right now (at most about ``limit`` bytes), without waiting.
@@ -689,15 +697,13 @@ class _Pump:
         ready, _, _ = select.select(list(self.sources), [], [], timeout)
         copied = 0
         for fd in ready:
-            size = self._next_read[fd]
             try:
-                data = os.read(fd, size)
+                data = os.read(fd, self.read_size)
             except OSError:  # EIO: the pty's other side closed
                 data = b""
             if not data:
                 del self.sources[fd]
                 continue
-            self._next_read[fd] = self.read_size if len(data) == size else self.small_read
             copied += len(data)
             out = self.sources[fd]
             if out is not None and out not in self.closed_outputs:

@@ -140,7 +140,7 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 
 from gcs_log_sink import capture  # noqa: E402
-from gcs_log_sink.capture import READ_SIZE, SMALL_READ, _Pump, grow_pipe  # noqa: E402
+from gcs_log_sink.capture import READ_SIZE, _Pump, grow_pipe  # noqa: E402
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", None)
 linux_pipes = pytest.mark.skipif(F_GETPIPE_SZ is None, reason="F_GETPIPE_SZ is Linux only")
@@ -258,44 +258,3 @@ def test_the_pump_reads_at_most_read_size_and_copies_every_byte_to_both_sides() 
     assert [] == [len(piece) for piece in kept if len(piece) > 256 * 1024]
     assert data == b"".join(kept)
     assert data == bytes(shown)
-
-
-def test_line_by_line_output_is_read_with_small_asks_and_a_flood_with_large_ones(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A build printing a line at a time is read with 64 KiB asks (asking 1 MiB for a
-    line costs malloc an mmap, an mremap and a munmap: 13 us a read instead of 1 us), a
-    flood with 1 MiB asks once a read comes back full, and a short read goes back to small."""
-    read_end, write_end = os.pipe()
-    grow_pipe(read_end)
-    asked: list[int] = []
-    real_read = os.read
-
-    def recording_read(fd: int, size: int) -> bytes:
-        asked.append(size)
-        return real_read(fd, size)
-
-    monkeypatch.setattr(os, "read", recording_read)
-    kept: list[bytes] = []
-    pump = _Pump({read_end: -1}, kept.append)  # -1: no terminal copy (EBADF, dropped)
-    for _ in range(3):
-        os.write(write_end, b"one line\n")
-        pump.step(5.0)
-    lines_asked = list(asked)
-    flood = bytes(range(256)) * 4096  # 1 MiB: fills the grown pipe
-    os.write(write_end, flood)
-    pump.step(5.0)  # a full 64 KiB read
-    os.write(write_end, flood[: 64 * 1024])
-    while sum(map(len, kept)) < 3 * 9 + len(flood) + 64 * 1024:
-        pump.step(5.0)
-    os.write(write_end, b"quiet again\n")
-    pump.step(5.0)
-    os.close(write_end)
-    while pump.sources:
-        pump.step(5.0)
-    os.close(read_end)
-    assert [SMALL_READ] * 3 == lines_asked
-    # The flood: 64 KiB (full), then 1 MiB (full); the next line is asked 1 MiB once (it
-    # comes back short), and EOF is asked 64 KiB again.
-    assert [SMALL_READ, READ_SIZE, READ_SIZE, SMALL_READ] == asked[3:]
-    assert b"one line\n" * 3 + flood + flood[: 64 * 1024] + b"quiet again\n" == b"".join(kept)
