@@ -126,3 +126,135 @@ def test_stop_waiting_turns_a_waiting_buffer_into_a_dropping_one() -> None:
     buffer.stop_waiting()
     buffer.put(b"dropped")  # would wait for ever before stop_waiting()
     assert 7 == buffer.dropped_bytes
+
+
+# -- the pump's reads: grown pipes, bounded read size (OS pipes, no server) ----------------
+
+import contextlib  # noqa: E402 - grouped with the tests that use it
+import fcntl  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+from gcs_log_sink import capture  # noqa: E402
+from gcs_log_sink.capture import READ_SIZE, _Pump, grow_pipe  # noqa: E402
+
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", None)
+linux_pipes = pytest.mark.skipif(F_GETPIPE_SZ is None, reason="F_GETPIPE_SZ is Linux only")
+
+
+def pipe_max_size() -> int:
+    with open("/proc/sys/fs/pipe-max-size", "rb") as limit:
+        return int(limit.read())
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A fresh pipe (read end, write end), closed afterwards."""
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    for fd in (read_end, write_end):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+@linux_pipes
+def test_grow_pipe_grows_a_pipe_to_one_read_capped_by_pipe_max_size(
+    pipe: tuple[int, int],
+) -> None:
+    """Either end of a default (64 KiB) pipe: it then holds one read, or as much as an
+    unprivileged process may ask for."""
+    read_end, write_end = pipe
+    expected = min(READ_SIZE, pipe_max_size())
+    assert expected == grow_pipe(read_end)
+    assert expected == fcntl.fcntl(write_end, F_GETPIPE_SZ)
+
+
+@linux_pipes
+def test_grow_pipe_asks_no_more_than_pipe_max_size(pipe: tuple[int, int]) -> None:
+    """Asking above the limit would fail with EPERM and leave the pipe small: it is capped."""
+    read_end, _ = pipe
+    assert pipe_max_size() == grow_pipe(read_end, 64 * pipe_max_size())
+
+
+@linux_pipes
+def test_grow_pipe_never_shrinks_a_pipe(pipe: tuple[int, int]) -> None:
+    """A writer that made its pipe large keeps it large: smaller asks change nothing."""
+    read_end, _ = pipe
+    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, pipe_max_size())
+    assert pipe_max_size() == grow_pipe(read_end, 4096)
+    assert pipe_max_size() == fcntl.fcntl(read_end, F_GETPIPE_SZ)
+
+
+def test_grow_pipe_leaves_files_devices_sockets_and_closed_fds_alone() -> None:
+    """stdin redirected from a file, /dev/null, a socket, or closed: 0, no error, and the
+    fd is unchanged (tee reads them as before)."""
+    import socket
+
+    with tempfile.TemporaryFile() as file, open(os.devnull, "rb") as null:
+        left, right = socket.socketpair()
+        with left, right:
+            found = [grow_pipe(fd) for fd in (file.fileno(), null.fileno(), left.fileno())]
+    closed_fd, other = os.pipe()
+    os.close(closed_fd)
+    os.close(other)
+    found.append(grow_pipe(closed_fd))
+    assert [0, 0, 0, 0] == found
+
+
+@linux_pipes
+def test_a_pipe_over_the_users_pipe_quota_is_read_as_it_is(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over /proc/sys/fs/pipe-user-pages-soft the kernel refuses to grow a pipe (EPERM):
+    grow_pipe says the size it kept instead of failing the build."""
+    read_end, _ = pipe
+    real_fcntl = fcntl.fcntl
+    before = real_fcntl(read_end, F_GETPIPE_SZ)
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETPIPE_SZ:
+            raise PermissionError(1, "Operation not permitted")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(capture.fcntl, "fcntl", refusing)
+    assert before == grow_pipe(read_end)
+
+
+def test_the_pump_reads_at_most_read_size_and_copies_every_byte_to_both_sides() -> None:
+    """3 MiB in writes of 1.5 MiB through a grown pipe, read 256 KiB at a time: each piece
+    the sink keeps is at most that (so a small --buffer-size bounds what one read holds),
+    and the sink and the terminal both get every byte, in order."""
+    read_end, write_end = os.pipe()  # the writer thread closes write_end
+    grow_pipe(read_end)
+    data = bytes(range(256)) * (3 * 4096)
+    terminal_read, terminal_write = os.pipe()
+    shown = bytearray()
+
+    def write() -> None:
+        with os.fdopen(write_end, "wb", closefd=True) as writer:
+            writer.write(data[: len(data) // 2])
+            writer.write(data[len(data) // 2 :])
+
+    def show() -> None:
+        while piece := os.read(terminal_read, 1 << 20):
+            shown.extend(piece)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=show)]
+    for thread in threads:
+        thread.start()
+    kept: list[bytes] = []
+    pump = _Pump({read_end: terminal_write}, kept.append, read_size=256 * 1024)
+    while pump.sources:
+        pump.step(5.0)
+    os.close(terminal_write)
+    for thread in threads:
+        thread.join(10)
+    os.close(terminal_read)
+    os.close(read_end)
+    assert [] == [len(piece) for piece in kept if len(piece) > 256 * 1024]
+    assert data == b"".join(kept)
+    assert data == bytes(shown)
