@@ -68,11 +68,16 @@ __all__ = [
 
 # One read moves up to this much. Each read costs a select, a bytes object, a put and (for
 # small pieces) a share of the feeder's join, so fewer, larger reads cost less per byte;
-# the pipes are grown to match (:func:`grow_pipe`), else a read gets at most 64 KiB.
+# a pipe is grown to match once output floods it (FLOWING), else a read gets at most 64 KiB.
 READ_SIZE = 1024 * 1024
 # What drain() copies at most once the grace period is over (a left-behind writer may
 # never stop): as much as before reads grew.
 DRAIN_BYTES = 4 * 1024 * 1024
+# A read that brings this much (a default pipe, full) means output arrives faster than it
+# is read: only then is that pipe grown (:func:`grow_pipe`). A build printing line by line
+# keeps default pipes, and the user's pipe-pages quota, shared by everything the user
+# runs on the host, is spent only on captures that need it.
+FLOWING = 64 * 1024
 BUILD_LOG = "build.log"
 PART_TEMPLATE = "{prefix}{start:%Y%m%dT%H%M%S}Z-{seq:06d}.log"
 DEFAULT_BUFFER_BYTES = 32 * 1024 * 1024
@@ -677,6 +682,7 @@ class _Pump:
         # a reused buffer would need a copy per read, which is what a read already is.
         self.read_size = read_size
         self.closed_outputs: set[int] = set()
+        self._grown: set[int] = set()  # pipes grown already, or tried (see FLOWING)
         _raise_mmap_threshold(read_size)
 
     def drain(self, limit: int = DRAIN_BYTES) -> None:
@@ -704,6 +710,9 @@ class _Pump:
             if not data:
                 del self.sources[fd]
                 continue
+            if len(data) >= FLOWING and fd not in self._grown:
+                self._grown.add(fd)
+                grow_pipe(fd, self.read_size)
             copied += len(data)
             out = self.sources[fd]
             if out is not None and out not in self.closed_outputs:
@@ -822,8 +831,6 @@ def run_command(
         assert process.stdout is not None
         assert process.stderr is not None
         sources = {process.stdout.fileno(): stdout_fd, process.stderr.fileno(): stderr_fd}
-        for fd in sources:
-            grow_pipe(fd)
     pump = _Pump(sources, shipper.write, read_size=shipper.read_size)
     abandoned = False
     try:
@@ -890,7 +897,6 @@ def tee_stdin(shipper: OutputShipper) -> int | None:
     Returns the signal that ended it, or None at EOF.
     """
     stdin_fd = sys.stdin.fileno()
-    grow_pipe(stdin_fd)  # when stdin is a pipe: fewer, larger reads
     pump = _Pump({stdin_fd: sys.stdout.fileno()}, shipper.write, read_size=shipper.read_size)
     with _StopOnSignal(shipper.buffer.stop_waiting) as stop:
         while pump.sources and stop.received is None:

@@ -258,3 +258,21 @@ def test_the_pump_reads_at_most_read_size_and_copies_every_byte_to_both_sides() 
     assert [] == [len(piece) for piece in kept if len(piece) > 256 * 1024]
     assert data == b"".join(kept)
     assert data == bytes(shown)
+
+
+@linux_pipes
+def test_the_pump_grows_a_pipe_only_once_output_floods_it(pipe: tuple[int, int]) -> None:
+    """Lines trickling in keep the default pipe (the user's pipe-pages quota is shared by all
+    they run); a read that finds the pipe full grows it to one read, once."""
+    read_end, write_end = pipe
+    default = fcntl.fcntl(read_end, F_GETPIPE_SZ)
+    kept: list[bytes] = []
+    pump = _Pump({read_end: None}, kept.append, read_size=READ_SIZE)  # type: ignore[dict-item]
+    for i in range(50):
+        os.write(write_end, b"line %d\n" % i)
+        pump.step(1.0)
+    assert default == fcntl.fcntl(read_end, F_GETPIPE_SZ)
+    os.write(write_end, b"x" * default)  # a full pipe: output arrives faster than it is read
+    pump.step(1.0)
+    assert min(READ_SIZE, pipe_max_size()) == fcntl.fcntl(read_end, F_GETPIPE_SZ)
+    assert b"".join(b"line %d\n" % i for i in range(50)) + b"x" * default == b"".join(kept)
