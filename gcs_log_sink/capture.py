@@ -705,6 +705,10 @@ class _Pump:
         for fd in ready:
             try:
                 data = os.read(fd, self.read_size)
+            except BlockingIOError:
+                # A non-blocking fd another reader shares (CI runners pass theirs on): it
+                # took what select saw. Not the end of the output.
+                continue
             except OSError:  # EIO: the pty's other side closed
                 data = b""
             if not data:

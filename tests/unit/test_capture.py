@@ -276,3 +276,25 @@ def test_the_pump_grows_a_pipe_only_once_output_floods_it(pipe: tuple[int, int])
     pump.step(1.0)
     assert min(READ_SIZE, pipe_max_size()) == fcntl.fcntl(read_end, F_GETPIPE_SZ)
     assert b"".join(b"line %d\n" % i for i in range(50)) + b"x" * default == b"".join(kept)
+
+
+def test_a_read_that_finds_nothing_on_a_shared_non_blocking_fd_is_not_the_end(
+    pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stdin shared with another reader and left O_NONBLOCK: select says readable, the other
+    reader takes the bytes first, our read gets EAGAIN. That is no EOF: reading goes on and
+    what comes later is kept."""
+    read_end, write_end = pipe
+    os.set_blocking(read_end, False)
+    kept: list[bytes] = []
+    pump = _Pump({read_end: None}, kept.append)  # type: ignore[dict-item]
+    # The race, made certain: select reports the fd ready although nothing is there.
+    monkeypatch.setattr(capture.select, "select", lambda r, w, x, t: (list(r), [], []))
+    pump.step(0)
+    assert [read_end] == list(pump.sources)
+    monkeypatch.undo()
+    os.write(write_end, b"later\n")
+    os.close(write_end)
+    while pump.sources:
+        pump.step(1.0)
+    assert [b"later\n"] == kept
