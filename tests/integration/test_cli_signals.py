@@ -36,6 +36,15 @@ def command_pid(run: subprocess.Popen[bytes]) -> int:
     return int(children[0].pid)
 
 
+def running_names(pgid: int) -> list[str]:
+    """The sorted command names of process group ``pgid``'s live members."""
+    names = []
+    for process in group_members(pgid):
+        with contextlib.suppress(psutil.Error):
+            names.append(process.name())
+    return sorted(names)
+
+
 def kill_group(pgid: int) -> None:
     """Clean up whatever a test left in a build's group."""
     with contextlib.suppress(ProcessLookupError):
@@ -52,7 +61,11 @@ def test_a_signal_reaches_the_whole_group_and_what_it_printed_is_shipped(
     assert run.stdout is not None
     assert b"started\n" == run.stdout.readline()
     pgid = command_pid(run)
-    time.sleep(0.3)  # sleep and cat are running
+    # sleep and cat are running (exec'ed: a forked shell not yet sleep may still ignore the
+    # signal on a loaded machine, and then only --kill-after ends the build).
+    deadline = time.monotonic() + 10
+    while running_names(pgid) != ["cat", "sh", "sleep"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     members = len(group_members(pgid))
     started = time.monotonic()
     run.send_signal(sig)
