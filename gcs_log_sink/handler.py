@@ -276,7 +276,8 @@ class GCSHandler(logging.Handler):
         stream). Here ``emit()`` formats one record and queues it under the queue's own lock;
         with the stock ``logging.Formatter`` (no state of its own) the handler lock only cost
         every caller a lock round trip and made threads wait on each other. A subclass
-        overriding ``emit()`` or ``format()``, and any other formatter, still get it.
+        overriding ``emit()`` or ``format()`` (or an instance with its own), and any other
+        formatter, still get it.
         """
         # Records the handler's own threads cause (urllib3, google-auth) are dropped before
         # self.lock: taking it here could deadlock close() under logging.shutdown.
@@ -291,7 +292,12 @@ class GCSHandler(logging.Handler):
         else:
             rv = record if _HANDLE_RETURNS_RECORD else True
         formatter = self.formatter
-        if self._stock_emit and (formatter is None or type(formatter) is logging.Formatter):
+        if (
+            self._stock_emit
+            and (formatter is None or type(formatter) is logging.Formatter)
+            and "emit" not in (own := self.__dict__)  # replaced on the instance: theirs
+            and "format" not in own
+        ):
             self.emit(record)
         else:
             with self.lock:  # type: ignore[union-attr]  # made in Handler.__init__
