@@ -50,17 +50,18 @@ class ChunkBuffer:
     doubles as it fills, like a list.
     """
 
-    __slots__ = ("_capacity", "_confirmed", "_crc", "_data", "_size", "_start", "_whole")
+    __slots__ = ("_capacity", "_confirmed", "_crc", "_size", "_start", "_whole")
 
     def __init__(self, capacity: int = 0) -> None:
         if capacity < 0:
             raise ValueError(f"capacity must not be negative, got {capacity}")
         self._capacity = capacity
-        self._data = bytearray(capacity)  # held bytes: self._data[_start:_start + _size]
-        self._whole = memoryview(self._data)  # writable; the buffer is never resized anyway
+        # A writable view of the whole buffer (a bytearray never resized, see above); the
+        # held bytes are self._whole[_start:_start + _size].
+        self._whole = memoryview(bytearray(capacity))
         self._start = 0
         self._size = 0
-        self._confirmed = 0  # absolute offset of self._data[self._start]
+        self._confirmed = 0  # absolute offset of self._whole[self._start]
         self._crc = 0
 
     @property
@@ -81,7 +82,7 @@ class ChunkBuffer:
     @property
     def capacity(self) -> int:
         """How many bytes the buffer holds without growing."""
-        return len(self._data)
+        return len(self._whole)
 
     @property
     def crc32c(self) -> int:
@@ -105,7 +106,7 @@ class ChunkBuffer:
         self._crc = _crc32c_extend(self._crc, data)
         at = self._start + self._size
         end = at + len(data)
-        if end > len(self._data):
+        if end > len(self._whole):
             self._make_room(self._size + len(data))
             at = self._size
             end = at + len(data)
@@ -156,7 +157,7 @@ class ChunkBuffer:
         new, larger buffer (the old one may have live views: never resize it)."""
         start, size = self._start, self._size
         whole = self._whole
-        if needed <= len(self._data):
+        if needed <= len(whole):
             if size:
                 source = whole[start : start + size]
                 # Overlapping ranges go through a copy.
@@ -164,11 +165,10 @@ class ChunkBuffer:
                 source.release()
         else:
             grown_size = (
-                max(needed, self._capacity) if self._capacity else max(needed, 2 * len(self._data))
+                max(needed, self._capacity) if self._capacity else max(needed, 2 * len(whole))
             )
             grown = bytearray(grown_size)
             grown[:size] = whole[start : start + size]
-            self._data = grown
             self._whole = memoryview(grown)
         self._start = 0
 
