@@ -23,7 +23,6 @@ import collections
 import math
 import threading
 import time
-from _thread import get_ident
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -147,18 +146,15 @@ class RecordQueue:
         # Re-entered by a signal handler: while this thread holds the lock (inside put or
         # waking the shipper), or while it waits for room (the lock released meanwhile).
         nested = lock._is_owned() or (  # type: ignore[attr-defined]
-            bool(self._waiting) and get_ident() in self._waiting
+            bool(self._waiting) and threading.get_ident() in self._waiting
         )
         with lock:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
-            queued = self._queued_records
-            # The rule of _has_room(), inlined: this runs once per record on the caller's thread.
-            if (
-                queued >= self._max_records
-                or (queued and self._queued_bytes + size > self._max_bytes)
-            ) and (nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)):
+            if not self._has_room(size) and (
+                nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
+            ):
                 self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
                 return False
             self._items.append((created, data))

@@ -319,10 +319,7 @@ class GCSHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        # _put(), inlined: this runs once per record on the caller's thread.
-        queued = self._queue.put(created, data, self._block_timeout)
-        if not queued or not self._shipper.started:
-            self._after_put(queued)
+        self._put(created, data)
 
     def enqueue(self, line: bytes) -> bool:
         """Queue one already formatted record, a complete line (structlog's path).
@@ -330,7 +327,7 @@ class GCSHandler(logging.Handler):
         Like ``emit()``: never raises, never does I/O, blocks at most ``block_timeout``.
         Returns whether the line was queued (False: dropped, and counted).
         """
-        if threading.get_ident() in self._own_threads:
+        if _get_ident() in self._own_threads:
             return False
         try:
             return self._put(self._clock(), bytes(line))
@@ -340,12 +337,6 @@ class GCSHandler(logging.Handler):
 
     def _put(self, created: float, data: bytes) -> bool:
         queued = self._queue.put(created, data, self._block_timeout)
-        self._after_put(queued)
-        return queued
-
-    def _after_put(self, queued: bool) -> None:
-        """Start the shipping thread with the first record; say once that records logged
-        after close() are dropped."""
         if queued:
             if not self._shipper.started:
                 self._shipper.start()
@@ -355,6 +346,7 @@ class GCSHandler(logging.Handler):
                 "records logged after close() are dropped (counted in handler.dropped)",
                 error=False,
             )
+        return queued
 
     def _drop_note(self, count: int, reasons: str) -> bytes:
         """The line the stream itself carries about dropped records, in the handler's format."""
@@ -408,7 +400,7 @@ class GCSHandler(logging.Handler):
             not self._constructed
             or self._closed
             or not self._shipper.started
-            or threading.get_ident() in self._own_threads
+            or _get_ident() in self._own_threads
         ):
             return
         request = self._queue.request_flush()
