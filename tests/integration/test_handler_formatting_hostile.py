@@ -28,9 +28,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 import tracemalloc
@@ -40,12 +37,12 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, is_initiate
-from helpers import bucket_text, emulator_env
+from helpers import bucket_text
+from test_handler_hostile import run_script as run_child
 
 from gcs_log_sink import GCSHandler
 from gcs_log_sink._localgcs import LocalGCS
 
-REPO = Path(__file__).resolve().parents[2]
 FULL = (
     "%(asctime)s|%(msecs)03d|%(created).6f|%(relativeCreated)d|%(levelname)s|%(levelno)d|"
     "%(name)s|%(funcName)s|%(lineno)d|%(module)s|%(filename)s|%(thread)d|%(threadName)s|"
@@ -86,19 +83,10 @@ def expected_lines(reference: Reference) -> list[str]:
     return text.splitlines()
 
 
-def run_script(endpoint: str, code: str, timeout: float = 60.0, python: str = "") -> str:
-    """Run ``code`` in a fresh interpreter pointed at ``endpoint``; its stdout."""
-    try:
-        done = subprocess.run(
-            [python or sys.executable, "-c", textwrap.dedent(code)],
-            env=emulator_env(endpoint),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"the child hung for {timeout} s (deadlock?): {exc.stderr!r}")
+def run_script(endpoint: str, code: str, timeout: float = 60.0) -> str:
+    """Run ``code`` in a fresh interpreter pointed at ``endpoint``; its stdout, once it
+    exited 0 (a hang fails the test, as in test_handler_hostile)."""
+    done = run_child(endpoint, code, timeout=timeout)
     assert 0 == done.returncode, done.stderr
     return done.stdout
 
@@ -779,50 +767,3 @@ def test_a_timer_signal_storm_logging_from_its_handler_loses_and_doubles_nothing
     # (Alarm records need not be in alarm order: an alarm's put that waits for room is
     # overtaken by the alarms nested inside it, as with any handler.)
     assert (fired, dropped) == (len(alarms) + noted, noted)
-
-
-_SIGNAL_IN_START_SCRIPT = """
-import faulthandler, logging, signal, sys
-from gcs_log_sink import GCSHandler
-
-faulthandler.dump_traceback_later(5, exit=True)  # a hang shows where every thread is
-handler = GCSHandler({bucket!r}, prefix="start/")
-handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-log = logging.getLogger("start")
-log.addHandler(handler)
-log.setLevel(logging.INFO)
-log.propagate = False
-signal.signal(signal.SIGUSR1, lambda signum, frame: log.warning("from the signal handler"))
-fired = []
-def tracer(frame, event, arg):
-    # The signal lands in threading.Thread.start() called by the shipper's start(): the
-    # first record's put is starting the shipping thread.
-    caller = frame.f_back
-    if (
-        event == "call" and not fired and frame.f_code.co_name == "start"
-        and caller is not None and caller.f_code.co_filename.endswith("_shipper.py")
-    ):
-        fired.append(True)
-        signal.raise_signal(signal.SIGUSR1)
-    return None
-sys.settrace(tracer)
-log.info("first %d", 1)
-sys.settrace(None)
-log.info("second")
-handler.close()
-print(len(fired), handler.dropped, flush=True)
-faulthandler.cancel_dump_traceback_later()
-"""
-
-
-def test_a_signal_handler_logging_while_the_first_record_starts_the_shipper(
-    gcs: LocalGCS, client: Any, bucket: str
-) -> None:
-    """The program's first record starts the shipping thread; a signal whose handler logs
-    lands inside that start (``threading.Thread.start`` waits for the new thread). The
-    README promises a signal handler that logs while its thread is inside ``emit()``
-    neither deadlocks nor waits: all three records are shipped, in order."""
-    out = run_script(gcs.url, _SIGNAL_IN_START_SCRIPT.format(bucket=bucket), timeout=20)
-    assert "1 0" == out.strip()
-    expected = ["INFO first 1", "WARNING from the signal handler", "INFO second"]
-    assert expected == shipped_lines(client, bucket)

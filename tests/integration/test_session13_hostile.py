@@ -86,15 +86,20 @@ def tee_process(
     )
 
 
-def feed_in_background(sink: Any, writes: list[bytes]) -> threading.Thread:
+def feed_in_background(
+    sink: Any, writes: list[bytes], *, pause_every: int = 0, pause: float = 0.0
+) -> threading.Thread:
     """Write ``writes`` to the binary file ``sink`` from a thread, then close it; a reader
-    that went away (EPIPE) ends the feeding."""
+    that went away (EPIPE) ends the feeding. With ``pause_every``, sleep ``pause`` seconds
+    before every ``pause_every``-th write (from the first): output in bursts."""
 
     def feed() -> None:
         try:
-            for piece in writes:
+            for index, piece in enumerate(writes):
                 sink.write(piece)
                 sink.flush()
+                if pause_every and index % pause_every == 0:
+                    time.sleep(pause)
         except (BrokenPipeError, OSError):
             pass
         finally:
@@ -416,17 +421,8 @@ def test_tee_with_a_shared_non_blocking_stdin(
     finally:
         os.close(read_fd)
     writes = random_writes(data, random.Random(7), 200_000)
-
-    def feed() -> None:
-        with open(write_fd, "wb") as sink:
-            for index, piece in enumerate(writes):
-                sink.write(piece)
-                sink.flush()
-                if index % 5 == 0:
-                    time.sleep(0.03)
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    writer = open(write_fd, "wb")  # noqa: SIM115 - closed by the feeder
+    feeder = feed_in_background(writer, writes, pause_every=5, pause=0.03)
     shown, err = collect(process)
     feeder.join(10)
     assert 0 == process.returncode, err[-2000:]
@@ -951,17 +947,8 @@ def test_tee_with_a_competing_reader_on_its_non_blocking_stdin(
     thief = threading.Thread(target=steal, daemon=True)
     thief.start()
     writes = random_writes(data, random.Random(8), 50_000)
-
-    def feed() -> None:
-        with open(write_fd, "wb") as sink:
-            for index, piece in enumerate(writes):
-                sink.write(piece)
-                sink.flush()
-                if index % 4 == 0:
-                    time.sleep(0.01)
-
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    writer = open(write_fd, "wb")  # noqa: SIM115 - closed by the feeder
+    feeder = feed_in_background(writer, writes, pause_every=4, pause=0.01)
     shown, err = collect(process)
     feeder.join(10)
     thief.join(10)
