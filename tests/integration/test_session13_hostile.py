@@ -882,6 +882,35 @@ def test_abort_from_another_thread_mid_write(client: Any, bucket: str) -> None:
 # -- the transport --------------------------------------------------------------------------
 
 
+def ship_in_threads(
+    client: Any, bucket: str, datas: dict[str, bytes], *, timeout: float, max_write: int
+) -> tuple[list[str], float]:
+    """Each of ``datas`` into its own GCSObjectStream on ``client`` (256 KiB chunks, in random
+    writes up to ``max_write``), one thread each, all at once: what failed (repr), and the
+    seconds it all took."""
+    failures: list[str] = []
+
+    def ship(name: str, data: bytes) -> None:
+        try:
+            stream = GCSObjectStream(
+                bucket, name, client=client, chunk_size=256 * 1024, timeout=timeout,
+                retry_deadline=40,
+            )  # fmt: skip
+            for piece in random_writes(data, random.Random(name), max_write):
+                stream.write(piece)
+            stream.close()
+        except BaseException as exc:
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=ship, args=item) for item in datas.items()]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return failures, time.monotonic() - started
+
+
 def test_concurrent_streams_on_one_client_through_stalls(
     bucket: str, client: Any, proxy: FaultProxy, proxied: Any
 ) -> None:
@@ -890,28 +919,8 @@ def test_concurrent_streams_on_one_client_through_stalls(
     proxy.stall_seconds = 1.5
     proxy.plan(rate=0.3, kinds=["stall", "stall_after", "delay_before"], seed=13)
     datas = {f"s{n}.bin": os.urandom(600_000 + n * 10_000) for n in range(8)}
-    failures: list[BaseException] = []
-
-    def ship(name: str, data: bytes) -> None:
-        try:
-            stream = GCSObjectStream(
-                bucket, name, client=proxied, chunk_size=256 * 1024, timeout=0.6,
-                retry_deadline=40,
-            )  # fmt: skip
-            for piece in random_writes(data, random.Random(name), 90_000):
-                stream.write(piece)
-            stream.close()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=ship, args=item) for item in datas.items()]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    elapsed = time.monotonic() - started
-    assert [] == [repr(exc) for exc in failures]
+    failures, elapsed = ship_in_threads(proxied, bucket, datas, timeout=0.6, max_write=90_000)
+    assert [] == failures
     assert len(proxy.faults()) > 0
     for name, data in datas.items():
         assert data == read_object(client, bucket, name), name
@@ -1038,27 +1047,7 @@ def test_dripping_answers_on_concurrent_streams_are_cut_by_the_watchdog(
     proxy.drip_seconds = 1.0
     proxy.plan(rate=0.25, kinds=["drip", "cut_body"], seed=5)
     datas = {f"d{n}.bin": os.urandom(500_000 + n) for n in range(4)}
-    failures: list[str] = []
-
-    def ship(name: str, data: bytes) -> None:
-        try:
-            stream = GCSObjectStream(
-                bucket, name, client=proxied, chunk_size=256 * 1024, timeout=0.7,
-                retry_deadline=40,
-            )  # fmt: skip
-            for piece in random_writes(data, random.Random(name), 100_000):
-                stream.write(piece)
-            stream.close()
-        except BaseException as exc:
-            failures.append(repr(exc))
-
-    threads = [threading.Thread(target=ship, args=item) for item in datas.items()]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    elapsed = time.monotonic() - started
+    failures, elapsed = ship_in_threads(proxied, bucket, datas, timeout=0.7, max_write=100_000)
     assert [] == failures
     assert len(proxy.faults()) > 0
     for name, data in datas.items():
