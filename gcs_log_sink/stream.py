@@ -389,6 +389,9 @@ class GCSObjectStream(io.BufferedIOBase):
             try:
                 if self._active():
                     self._upload(final=True, drain=True)
+                    # Verified, and no request of ours is in flight: the chunk memory can
+                    # serve the next stream (a failed close keeps it: _retained_whole).
+                    self._buffer.recycle()
                     if self._segment is not None:
                         self._segment.remove()  # GCS has it all, verified
             finally:
@@ -413,6 +416,8 @@ class GCSObjectStream(io.BufferedIOBase):
                 self._failure = self._failure or errors.SessionLostError(
                     "upload aborted", bucket=self.bucket, name=self.name
                 )
+                self._staged.clear()
+                self._buffer.recycle()  # under the lock: no request of ours is in flight
                 if self._segment is not None:
                     self._segment.remove()
                 if self._spool is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import google_crc32c
 import pytest
 
+from gcs_log_sink import _chunks
 from gcs_log_sink._chunks import UPLOAD_UNIT, ChunkBuffer, crc32c_base64, next_chunk_length
 
 
@@ -166,3 +169,66 @@ def test_negative_capacity_is_refused() -> None:
     """A capacity is a byte count."""
     with pytest.raises(ValueError, match="capacity"):
         ChunkBuffer(-1)
+
+
+@pytest.fixture
+def free_list() -> Iterator[dict[int, bytearray]]:
+    """The module's free list of chunk memory, empty for the test and restored after it."""
+    saved = dict(_chunks._FREE)
+    _chunks._FREE.clear()
+    yield _chunks._FREE
+    _chunks._FREE.clear()
+    _chunks._FREE.update(saved)
+
+
+def test_recycled_memory_serves_the_next_buffer_of_that_capacity(
+    free_list: dict[int, bytearray],
+) -> None:
+    """A finished buffer's memory goes to the next buffer of its capacity (warm pages, no
+    new mmap), which sees only its own bytes; one of another capacity gets new memory."""
+    first = ChunkBuffer(UPLOAD_UNIT)
+    memory = first._whole.obj
+    first.append(b"a" * 1000)
+    first.recycle()
+    assert [UPLOAD_UNIT] == list(free_list)
+    second = ChunkBuffer(UPLOAD_UNIT)
+    assert memory is second._whole.obj
+    assert {} == free_list
+    second.append(b"bb")
+    assert b"bb" == second.peek(second.pending)
+    assert memory is not ChunkBuffer(2 * UPLOAD_UNIT)._whole.obj
+
+
+def test_recycle_keeps_end_and_crc_and_refuses_later_appends(
+    free_list: dict[int, bytearray],
+) -> None:
+    """After recycle() the counters still describe what was written; an append fails
+    instead of writing into memory another buffer may now own."""
+    buffer = ChunkBuffer(UPLOAD_UNIT)
+    buffer.append(b"x" * 5000)
+    buffer.release_to(1000)
+    buffer.recycle()
+    assert (5000, 5000, 0) == (buffer.confirmed, buffer.end, buffer.pending)
+    assert google_crc32c.value(b"x" * 5000) == buffer.crc32c
+    with pytest.raises(ValueError, match="recycle"):
+        buffer.append(b"y")
+
+
+def test_free_list_is_bounded(free_list: dict[int, bytearray]) -> None:
+    """Idle memory stays bounded: one buffer per capacity, a few capacities, and memory
+    grown far past its capacity by a large write is not kept."""
+    for _ in range(3):
+        ChunkBuffer(UPLOAD_UNIT).recycle()
+    assert [UPLOAD_UNIT] == list(free_list)
+    for units in range(2, 10):
+        ChunkBuffer(units * UPLOAD_UNIT).recycle()
+    assert _chunks._FREE_CAPACITIES == len(free_list)
+    grown = ChunkBuffer(2 * UPLOAD_UNIT)
+    free_list.clear()
+    grown.append(b"z" * (5 * UPLOAD_UNIT))  # grows to 5 units, past twice its capacity
+    grown.recycle()
+    assert {} == free_list
+    crossed = ChunkBuffer(2 * UPLOAD_UNIT)
+    crossed.append(b"z" * (2 * UPLOAD_UNIT + 10))  # a chunk plus a write crossing its end
+    crossed.recycle()
+    assert [2 * UPLOAD_UNIT] == list(free_list)
