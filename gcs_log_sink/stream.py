@@ -359,14 +359,42 @@ class GCSObjectStream(io.BufferedIOBase):
         return len(block)
 
     def _unstage(self) -> None:
-        """Move the staged writes into the chunk buffer (one join, one CRC32C call)."""
+        """Move the staged writes into the chunk buffer (one join, one CRC32C call).
+
+        When they hold more than the rest of a chunk, the chunk is filled exactly, sent,
+        and the rest goes in after: the buffer then never grows past its chunk for small
+        writes (memory stays one chunk, recycled as it is; see ChunkBuffer.recycle).
+        """
         staged = self._staged
         if not staged:
             return
-        block = staged[0] if len(staged) == 1 else b"".join(staged)
+        size = self._staged_size
+        room = self._chunk_size - self._buffer.pending
+        if not 0 < room < size or not self._active():
+            block = staged[0] if len(staged) == 1 else b"".join(staged)
+            staged.clear()
+            self._staged_size = 0
+            self._buffer.append(block)
+            return
+        index, filled = 0, 0
+        while filled + len(staged[index]) <= room:
+            filled += len(staged[index])
+            index += 1
+        cut = memoryview(staged[index])
+        head = b"".join([*staged[:index], cut[: room - filled]])
+        tail = b"".join([cut[room - filled :], *staged[index + 1 :]])
+        cut.release()
         staged.clear()
         self._staged_size = 0
-        self._buffer.append(block)
+        self._buffer.append(head)
+        try:
+            self._upload(final=False, drain=False)
+        except BaseException:
+            # Not lost: still staged, so tell() stays true and a later close() sends it.
+            staged.append(tail)
+            self._staged_size = len(tail)
+            raise
+        self._buffer.append(tail)
 
     def flush(self) -> None:
         """Send every whole 256 KiB unit buffered.

@@ -21,7 +21,7 @@ import pytest
 from faultproxy import FaultProxy, is_chunk_upload
 from helpers import crc32c_b64, emulator_env, read_object
 
-from gcs_log_sink import GCSObjectStream, SessionLostError
+from gcs_log_sink import GCSObjectStream, SessionLostError, _chunks
 from gcs_log_sink._localgcs import LocalGCS
 
 UNIT = 256 * 1024
@@ -74,7 +74,8 @@ def test_small_and_large_writes_with_flush_and_tell_are_exact(client: Any, bucke
 
 def test_small_writes_reaching_a_chunk_send_it_at_once(client: Any, bucket: str) -> None:
     """A staged write that completes a chunk sends it in that write, as an unstaged one
-    did: ``buffered`` drops below a chunk, so memory stays at one chunk plus a write."""
+    did: ``buffered`` drops below a chunk; and the chunk is filled exactly before it is
+    sent, so small writes never grow the buffer past its chunk."""
     with GCSObjectStream(bucket, "due", client=client, chunk_size=CHUNK) as out:
         piece = b"x" * 1000
         for _ in range(CHUNK // 1000):
@@ -83,8 +84,12 @@ def test_small_writes_reaching_a_chunk_send_it_at_once(client: Any, bucket: str)
         out.write(piece)  # now past a whole chunk
         assert out.buffered < CHUNK
         assert out.buffered == out.tell() - CHUNK
+        for _ in range(3 * CHUNK // 1000):
+            out.write(piece)
+            assert CHUNK == out._buffer.capacity  # filled exactly, sent, never grown
         out.write(b"tail")
-    assert piece * (CHUNK // 1000 + 1) + b"tail" == read_object(client, bucket, "due")
+    expected = piece * (4 * CHUNK // 1000 + 1) + b"tail"
+    assert expected == read_object(client, bucket, "due")
 
 
 def test_abort_after_staged_writes_publishes_nothing(client: Any, bucket: str) -> None:
@@ -124,13 +129,59 @@ def test_faults_during_uploads_of_staged_writes_lose_and_double_nothing(
     assert crc32c_b64(data) == out.crc32c
 
 
-def test_recycled_chunk_memory_never_mixes_two_streams(client: Any, bucket: str) -> None:
-    """Two threads each write three streams in turn (one chunk size, so they take each
-    other's recycled chunk memory): every object holds exactly its own writer's bytes
-    (one thread writes bytes below 128, the other bytes from 128 up)."""
+def test_large_writes_sent_from_the_callers_bytes_survive_faults_and_reuse(
+    proxy: FaultProxy, proxied: Any, client: Any, bucket: str
+) -> None:
+    """Writes of a chunk or more (sent from the caller's bytes, not copied) partly persisted
+    or answered 503 after being stored, between small writes, and a bytearray of two chunks
+    the caller refills right after write() returns: the object is exactly the writes."""
+    proxy.script(
+        ["partial", "503_after", None, "partial", "reset_before", "partial"] * 2,
+        match=is_chunk_upload,
+    )
+    rng = random.Random(1303)
+    reused = bytearray(2 * CHUNK + 5)
+    pieces: list[bytes] = []
+    out = _fast(GCSObjectStream(bucket, "large", client=proxied, chunk_size=CHUNK, timeout=5))
+    with out:
+        for size in [CHUNK, 100, 5 * CHUNK // 2, CHUNK + 1, 3, 2 * CHUNK + 5, 7, 3 * CHUNK]:
+            if size == 2 * CHUNK + 5:
+                reused[:] = rng.randbytes(size)
+                out.write(reused)
+                pieces.append(bytes(reused))
+                reused[:] = b"\0" * size  # the caller reuses its buffer at once
+            else:
+                pieces.append(rng.randbytes(size))
+                out.write(pieces[-1])
+            assert out._buffer.capacity <= 4 * CHUNK
+    kinds = [event.kind for event in proxy.events]
+    assert {"partial", "503_after", "reset_before"} <= set(kinds), kinds
+    expected = b"".join(pieces)
+    assert expected == read_object(client, bucket, "large")
+    assert crc32c_b64(expected) == out.crc32c
+
+
+def test_recycled_chunk_memory_never_mixes_two_streams(
+    client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads each write three streams in turn, one chunk size, both closing a part
+    before either opens the next: each next pair of streams takes chunk memory the other
+    pair recycled, and every object holds exactly its own writer's bytes (one thread
+    writes bytes below 128, the other bytes from 128 up)."""
     results: dict[str, bytes] = {}
-    memories: list[int] = []
+    reused: list[int] = []
     errors: list[BaseException] = []
+    barrier = threading.Barrier(2, timeout=30)
+    take = _chunks._memory
+
+    def counting_take(capacity: int) -> bytearray:
+        free = _chunks._FREE.get(capacity)
+        memory = take(capacity)
+        if free is not None and memory is free:
+            reused.append(capacity)
+        return memory
+
+    monkeypatch.setattr(_chunks, "_memory", counting_take)
 
     def writer(tag: str, high: bool, seed: int) -> None:
         rng = random.Random(seed)
@@ -139,14 +190,14 @@ def test_recycled_chunk_memory_never_mixes_two_streams(client: Any, bucket: str)
                 name = f"{tag}-{part}"
                 raw = rng.randbytes(2 * CHUNK + rng.randint(0, UNIT))
                 data = bytes(b | 0x80 if high else b & 0x7F for b in raw)
-                out = GCSObjectStream(bucket, name, client=client, chunk_size=CHUNK)
-                memories.append(id(out._buffer._whole.obj))
-                with out:
+                with GCSObjectStream(bucket, name, client=client, chunk_size=CHUNK) as out:
                     for offset in range(0, len(data), 3000):
                         out.write(data[offset : offset + 3000])
                 results[name] = data
+                barrier.wait()
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
+            barrier.abort()
 
     threads = [
         threading.Thread(target=writer, args=("low", False, 1)),
@@ -160,7 +211,7 @@ def test_recycled_chunk_memory_never_mixes_two_streams(client: Any, bucket: str)
     assert 6 == len(results)
     for name, data in results.items():
         assert data == read_object(client, bucket, name)
-    assert len(set(memories)) < len(memories)  # memory was in fact recycled
+    assert len(reused) >= 2  # memory was in fact recycled, once per later pair at least
 
 
 SPOOLED_CHILD = """
