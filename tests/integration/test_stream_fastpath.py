@@ -277,3 +277,60 @@ def test_a_failed_write_with_staged_bytes_fails_every_later_call(
         out.write(b"x")
     out.close()
     assert [] == [blob.name for blob in client.list_blobs(bucket)]
+
+
+def test_threads_writing_staged_records_into_one_stream_lose_none(client: Any, bucket: str) -> None:
+    """Four threads write small records into one stream (staged, joined, chunks sent from
+    whichever thread completes one) while a fifth flushes and reads tell(): every record is
+    in the object once, whole, each thread's in its order, and tell() never went back."""
+    out = GCSObjectStream(bucket, "shared", client=client, chunk_size=CHUNK)
+    done = threading.Event()
+    told: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer(tag: int) -> None:
+        try:
+            for n in range(6000):
+                out.write(b"%d-%06d|" % (tag, n) + b"." * (n % 50) + b"\n")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def watcher() -> None:
+        while not done.is_set():
+            told.append(out.tell())
+            out.flush()
+
+    threads = [threading.Thread(target=writer, args=(tag,)) for tag in range(4)]
+    spy = threading.Thread(target=watcher)
+    spy.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    done.set()
+    spy.join(60)
+    out.close()
+    assert [] == errors
+    assert told == sorted(told)
+    lines = read_object(client, bucket, "shared").split(b"\n")
+    assert b"" == lines.pop()
+    for tag in range(4):
+        expected = [b"%d-%06d|" % (tag, n) + b"." * (n % 50) for n in range(6000)]
+        assert expected == [line for line in lines if line.startswith(b"%d-" % tag)]
+    assert out.size == out.tell() == sum(len(line) + 1 for line in lines)
+
+
+def test_a_small_buffer_reused_by_the_caller_is_taken_as_it_was_at_write(
+    client: Any, bucket: str
+) -> None:
+    """The caller refills one small bytearray (and a memoryview of it) after every write:
+    small writes that are not ``bytes`` are copied at write(), never staged by reference,
+    so the object holds each write's bytes as they were when written."""
+    scratch = bytearray(3000)
+    expected = []
+    with GCSObjectStream(bucket, "refilled", client=client, chunk_size=CHUNK) as out:
+        for n in range(400):
+            scratch[:] = bytes([n % 251]) * len(scratch)
+            out.write(scratch if n % 2 else memoryview(scratch)[: 1000 + n])
+            expected.append(bytes(scratch if n % 2 else scratch[: 1000 + n]))
+    assert b"".join(expected) == read_object(client, bucket, "refilled")
