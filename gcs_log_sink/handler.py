@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import errors
-from ._fastformat import format_record
+from ._fastformat import format_line, format_record
 from ._finisher import DeadlineEvent
 from ._lifecycle import bounded, forget, install_process_hooks, register
 from ._queue import RecordQueue
@@ -213,6 +213,9 @@ class GCSHandler(logging.Handler):
         # self.lock (a subclass may count on it, as logging's own handlers do).
         cls = type(self)
         self._stock_emit = cls.emit is GCSHandler.emit and cls.format is GCSHandler.format
+        # format() as written here: emit() can call format_line(), one frame and one
+        # concatenation fewer per record (an instance's own format() is checked per record).
+        self._stock_format = cls.format is GCSHandler.format
         self._spool_root = spool_dir
         self._spool: Spool | None = None
         self._closed = False
@@ -313,9 +316,12 @@ class GCSHandler(logging.Handler):
         try:
             if self._stream_name is None:
                 self._stream_name = record.name or "log"
-            line = self.format(record)
+            if self._stock_format and "format" not in self.__dict__:
+                line = format_line(self.formatter or _DEFAULT_FORMATTER, record)
+            else:
+                line = self.format(record) + "\n"
             created = record.created if self._wall_clock else self._clock()
-            data = (line + "\n").encode("utf-8", "backslashreplace")
+            data = line.encode("utf-8", "backslashreplace")
         except Exception:
             self.handleError(record)
             return
