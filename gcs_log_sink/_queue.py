@@ -25,6 +25,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+_get_ident = threading.get_ident
+
 __all__ = [
     "ROTATE",
     "Batch",
@@ -146,15 +148,20 @@ class RecordQueue:
         # Re-entered by a signal handler: while this thread holds the lock (inside put or
         # waking the shipper), or while it waits for room (the lock released meanwhile).
         nested = lock._is_owned() or (  # type: ignore[attr-defined]
-            bool(self._waiting) and threading.get_ident() in self._waiting
+            bool(self._waiting) and _get_ident() in self._waiting
         )
-        with lock:
+        # acquire/release rather than "with": this runs per record (about 0.1 us less).
+        lock.acquire()
+        try:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
-            if not self._has_room(size) and (
-                nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
-            ):
+            # _has_room()'s rule, unrolled on the common path (one frame less per record).
+            queued = self._queued_records
+            if (
+                queued >= self._max_records
+                or (queued and self._queued_bytes + size > self._max_bytes)
+            ) and (nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)):
                 self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
                 return False
             self._items.append((created, data))
@@ -164,6 +171,8 @@ class RecordQueue:
             if self._consumer_idle and not nested:
                 self._consumer_idle = False  # once per wake-up, not once per record
                 self._ready.notify()
+        finally:
+            lock.release()
         return True
 
     def put_marker(self) -> bool:
