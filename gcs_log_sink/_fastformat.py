@@ -33,9 +33,9 @@ __all__ = ["compile_format", "format_line", "format_record"]
 
 _Formatter = logging.Formatter
 _PercentStyle = logging.PercentStyle
-# (second, converter, datefmt, default_time_format, date text), replaced whole: one
-# assignment, so threads never see half of it.
-_cached: tuple[int, object, object, object, str] = (-1, None, None, None, "")
+# (second, second + 1, converter, datefmt, default_time_format, date text), replaced whole:
+# one assignment, so threads never see half of it.
+_cached: tuple[float, float, object, object, object, str] = (0, -1, None, None, None, "")
 _STOCK_FORMAT = _Formatter.format
 _STOCK_FORMAT_TIME = _Formatter.formatTime
 _STOCK_USES_TIME = _Formatter.usesTime
@@ -174,22 +174,26 @@ def _format_time(formatter: logging.Formatter, record: logging.LogRecord) -> str
     global _cached
     created = record.created
     converter = formatter.converter
-    # Never cached: the epoch's far side, and converters that may shift by part of a second.
-    second = int(created) if created >= 0 and converter in _CACHEABLE_CONVERTERS else -2
     datefmt = formatter.datefmt
     time_format = formatter.default_time_format
     cached = _cached
+    # A hit: the same second of created (cached only for the builtin converters and
+    # created >= 0) and the same settings. Identity of the settings: an equal but new string
+    # only costs one strftime.
     if (
-        cached[0] == second
-        and cached[1] is converter
-        and cached[2] == datefmt
-        and cached[3] == time_format
+        cached[0] <= created < cached[1]
+        and cached[2] is converter
+        and cached[3] is datefmt
+        and cached[4] is time_format
     ):
-        text = cached[4]
+        text = cached[5]
     else:
         text = time.strftime(datefmt or time_format, converter(created))
-        if second >= 0:
-            _cached = (second, converter, datefmt, time_format, text)
+        # Never cached: the epoch's far side, and converters that may shift by part of a
+        # second.
+        if created >= 0 and converter in _CACHEABLE_CONVERTERS:
+            second = int(created)
+            _cached = (second, second + 1, converter, datefmt, time_format, text)
     if datefmt:
         return text
     msec_format = formatter.default_msec_format
