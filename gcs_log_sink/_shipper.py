@@ -106,6 +106,7 @@ class Shipper:
         self.own_threads = own_threads
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._starter = 0  # the ident of the thread inside start(), 0 when none
         self._current: OpenObject | None = None
         self._floor = -math.inf
         self._names = ObjectNames(config, identity, stream_name)
@@ -135,6 +136,7 @@ class Shipper:
         """
         if not self._start_lock.acquire(blocking=False):
             return
+        self._starter = threading.get_ident()
         try:
             if self._thread is not None or self.inline:
                 return
@@ -151,7 +153,25 @@ class Shipper:
             if self._uploader is not None:
                 self._uploader.start()
         finally:
+            self._starter = 0
             self._start_lock.release()
+
+    def start_for_close(self, timeout: float) -> None:
+        """At close: make sure a shipping thread exists (or ``inline`` is set) if records wait.
+
+        A caller whose record was queued starts the thread after ``put()`` returns, so
+        ``close()`` on another thread can find no thread yet: one being started (the start
+        lock held), or one its caller has not asked for yet. Without this, ``close()``
+        returned at once and the records were shipped after it, or never (exit).
+        """
+        # Not when this thread is the one starting it (a signal handler that closes,
+        # interrupting Thread.start()): that start cannot finish before we return.
+        if self._starter != threading.get_ident() and self._start_lock.acquire(
+            timeout=max(0.0, timeout)
+        ):
+            self._start_lock.release()  # whoever was starting the thread is done
+        if self._thread is None and not self.inline and self._queue.unsettled:
+            self.start()
 
     def run_inline(self, deadline: float) -> None:
         """Ship on the calling thread (the queue is closed) until done or ``deadline``."""

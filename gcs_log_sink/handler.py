@@ -438,6 +438,7 @@ class GCSHandler(logging.Handler):
 
     def _finish_close(self, deadline: float) -> None:
         if os.getpid() == self._pid:
+            self._shipper.start_for_close(deadline - time.monotonic())
             if self._shipper.inline:  # no thread could start: ship here, bounded
                 self._shipper.run_inline(deadline)
                 if self._queue.unsettled:

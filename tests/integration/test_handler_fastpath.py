@@ -180,3 +180,61 @@ def test_threads_with_more_format_strings_than_the_cache_keeps(client: Any, buck
         names = sorted(blob.name for blob in client.list_blobs(bucket, prefix=f"w{worker}/"))
         stored = "".join(client.bucket(bucket).blob(n).download_as_text() for n in names)
         assert lines == stored.splitlines()
+
+
+# -- close() racing the shipping thread's start (found while measuring issue 13) ------------
+
+
+def test_close_while_the_first_record_is_still_starting_the_thread_ships_it(
+    client: Any, bucket: str, logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() on another thread while the first record's Thread.start() runs: the record
+    is in the bucket when close() returns (it returned at once, and shipped nothing)."""
+    handler = GCSHandler(bucket, client=client, close_timeout=10)
+    logger.addHandler(handler)
+    starting = threading.Event()
+    original_start = threading.Thread.start
+
+    def slow_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("gcs_log_sink:"):
+            starting.set()
+            time.sleep(0.3)  # the start lock is held meanwhile
+        original_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    producer = threading.Thread(target=logger.warning, args=("the first record",))
+    original_start(producer)
+    assert starting.wait(5)
+    handler.close()
+    assert "the first record\n" == bucket_text(client, bucket)
+    producer.join()
+
+
+def test_close_before_the_first_record_s_caller_starts_the_thread_ships_it(
+    client: Any, bucket: str, logger: logging.Logger
+) -> None:
+    """A record queued, its caller not yet at Shipper.start() when close() runs: close()
+    starts the thread itself and the record is in the bucket when it returns."""
+    handler = GCSHandler(bucket, client=client, close_timeout=10)
+    logger.addHandler(handler)
+    queued, closed = threading.Event(), threading.Event()
+    shipper = handler._shipper
+    original_start = shipper.start
+
+    def late_start() -> None:
+        if threading.current_thread() is producer:
+            queued.set()
+            closed.wait(5)  # the caller is descheduled between put() and start()
+        original_start()
+
+    shipper.start = late_start  # type: ignore[method-assign]
+    producer = threading.Thread(target=logger.warning, args=("queued before close",))
+    producer.start()
+    assert queued.wait(5)
+    handler.close()
+    try:
+        assert "queued before close\n" == bucket_text(client, bucket)
+    finally:
+        closed.set()
+        producer.join()
+    assert 0 == handler.dropped
