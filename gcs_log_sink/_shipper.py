@@ -156,13 +156,14 @@ class Shipper:
             self._starter = 0
             self._start_lock.release()
 
-    def start_for_close(self, timeout: float) -> None:
-        """At close: make sure a shipping thread exists (or ``inline`` is set) if records wait.
+    def ensure_started(self, timeout: float) -> None:
+        """For close/flush/rotate: a shipping thread exists (or ``inline`` is set) if records wait.
 
         A caller whose record was queued starts the thread after ``put()`` returns, so
-        ``close()`` on another thread can find no thread yet: one being started (the start
-        lock held), or one its caller has not asked for yet. Without this, ``close()``
-        returned at once and the records were shipped after it, or never (exit).
+        ``close()`` or ``flush()`` on another thread can find no thread yet: one being
+        started (the start lock held; a second caller's own ``start()`` returned at once),
+        or one its caller has not asked for yet. Without this they returned at once and the
+        records were shipped after them, or never (exit).
         """
         # Not when this thread is the one starting it (a signal handler that closes,
         # interrupting Thread.start()): that start cannot finish before we return.

@@ -402,15 +402,13 @@ class GCSHandler(logging.Handler):
 
     def flush(self) -> None:
         """Return once every record emitted before the call is in GCS (see the class doc)."""
-        if (
-            not self._constructed
-            or self._closed
-            or not self._shipper.started
-            or _get_ident() in self._own_threads
-        ):
+        if not self._constructed or self._closed or _get_ident() in self._own_threads:
+            return
+        deadline = time.monotonic() + bounded(self._close_timeout)
+        if not self._started_for(deadline):
             return
         request = self._queue.request_flush()
-        if not request.done.wait(bounded(self._close_timeout)):
+        if not request.done.wait(max(0.0, deadline - time.monotonic())):
             self._reporter.report(
                 "flush-timeout",
                 f"flush() gave up after close_timeout={self._close_timeout} s; "
@@ -419,10 +417,20 @@ class GCSHandler(logging.Handler):
 
     def rotate(self) -> None:
         """Finalize the open object now (after what was emitted before the call)."""
-        if not self._constructed or self._closed or not self._shipper.started:
+        if not self._constructed or self._closed:
+            return
+        if not self._started_for(time.monotonic() + bounded(self._close_timeout)):
             return
         if self._queue.put_marker():
             self.flush()
+
+    def _started_for(self, deadline: float) -> bool:
+        """Whether a shipping thread runs, after waiting (until ``deadline``) for one that
+        another thread is starting, or starting it for records queued without one."""
+        shipper = self._shipper
+        if not shipper.started:
+            shipper.ensure_started(deadline - time.monotonic())
+        return shipper.started
 
     def close(self) -> None:
         """Ship what is queued, finalize, stop the threads. Idempotent; bounded by close_timeout."""
@@ -438,7 +446,7 @@ class GCSHandler(logging.Handler):
 
     def _finish_close(self, deadline: float) -> None:
         if os.getpid() == self._pid:
-            self._shipper.start_for_close(deadline - time.monotonic())
+            self._shipper.ensure_started(deadline - time.monotonic())
             if self._shipper.inline:  # no thread could start: ship here, bounded
                 self._shipper.run_inline(deadline)
                 if self._queue.unsettled:

@@ -238,3 +238,33 @@ def test_close_before_the_first_record_s_caller_starts_the_thread_ships_it(
         closed.set()
         producer.join()
     assert 0 == handler.dropped
+
+
+def test_flush_while_another_thread_is_starting_the_shipper_waits_for_own_records(
+    client: Any, bucket: str, logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thread A's first record is starting the shipping thread (slowly); thread B logs and
+    flushes meanwhile: B's flush() returns only once B's record is written (it returned at
+    once, its start() having found A's start under way)."""
+    handler = GCSHandler(bucket, client=client, close_timeout=10)
+    logger.addHandler(handler)
+    starting = threading.Event()
+    original_start = threading.Thread.start
+
+    def slow_start(thread: threading.Thread) -> None:
+        if thread.name.startswith("gcs_log_sink:"):
+            starting.set()
+            time.sleep(0.3)
+        original_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", slow_start)
+    first = threading.Thread(target=logger.warning, args=("from A",))
+    original_start(first)
+    assert starting.wait(5)
+    logger.warning("from B")
+    handler.flush()
+    stats = handler.stats()
+    assert (0, 0) == (stats.queued_records, stats.in_flight)
+    first.join()
+    handler.close()
+    assert ["from A", "from B"] == sorted(bucket_text(client, bucket).splitlines())
