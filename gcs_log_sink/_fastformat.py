@@ -56,10 +56,16 @@ _SPEC = re.compile(
     r"%(?:(?P<percent>%)|\((?P<key>[A-Za-z_][A-Za-z0-9_]*)\)"
     r"(?P<spec>[#0 +-]*[0-9]*(?:\.[0-9]*)?[hlL]?[diouxXeEfFgGcrsa]))"
 )
-_COMPILED_LIMIT = 256  # distinct format strings kept; more are rare, and the cache restarts
+# Format strings compiled, for the process's life. A program that makes format strings as it
+# goes (one per request, say) would otherwise compile one per record, ~100 times what a %
+# costs: past the limit, new strings run through % (kept in _by_percent_cache, which starts
+# afresh when full).
+_COMPILED_LIMIT = 256
+_PERCENT_LIMIT = 1024
 
 Compiled = tuple[bool, Callable[[dict[str, object]], str]]
 _compiled: dict[str, Compiled] = {}
+_by_percent_cache: dict[str, Compiled] = {}
 
 
 def format_record(formatter: logging.Formatter, record: logging.LogRecord) -> str:
@@ -115,10 +121,16 @@ def format_line(formatter: logging.Formatter, record: logging.LogRecord) -> str:
 
 
 def _remember(fmt: str) -> Compiled:
-    if len(_compiled) >= _COMPILED_LIMIT:
-        _compiled.clear()
-    compiled = _compiled[fmt] = (fmt.find(_ASCTIME_SEARCH) >= 0, compile_format(fmt))
-    return compiled
+    """The compiled entry of a format string seen for the first time (or past the limit)."""
+    if len(_compiled) < _COMPILED_LIMIT:
+        compiled = _compiled[fmt] = (fmt.find(_ASCTIME_SEARCH) >= 0, compile_format(fmt))
+        return compiled
+    entry = _by_percent_cache.get(fmt)
+    if entry is None:
+        if len(_by_percent_cache) >= _PERCENT_LIMIT:
+            _by_percent_cache.clear()
+        entry = _by_percent_cache[fmt] = (fmt.find(_ASCTIME_SEARCH) >= 0, _by_percent(fmt))
+    return entry
 
 
 def compile_format(fmt: str) -> Callable[[dict[str, object]], str]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gcs_log_sink import _fastformat
 from gcs_log_sink._fastformat import compile_format, format_line, format_record
 
 
@@ -287,3 +288,29 @@ def test_compile_format_keeps_percent_for_what_it_does_not_parse() -> None:
     assert str(values) + "\n" == compile_format("%s")(values)
     with pytest.raises(ValueError, match="incomplete format"):
         compile_format("%(b)s %")(values)
+
+
+def test_past_the_compile_limit_new_format_strings_run_through_percent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A program making a format string per request must not pay a compile per record:
+    past the limit nothing more is compiled, and the text is still exact."""
+    monkeypatch.setattr(_fastformat, "_compiled", {})
+    monkeypatch.setattr(_fastformat, "_by_percent_cache", {})
+    compiles: list[str] = []
+    real_compile = _fastformat.compile_format
+
+    def counting(fmt: str) -> Any:
+        compiles.append(fmt)
+        return real_compile(fmt)
+
+    monkeypatch.setattr(_fastformat, "compile_format", counting)
+    limit = _fastformat._COMPILED_LIMIT
+    for i in range(limit + _fastformat._PERCENT_LIMIT + 50):
+        formatter = logging.Formatter(f"req-{i} %(levelname)-7s %(message)s")
+        expected = formatter.format(make_record(1_790_000_000.0)) + "\n"
+        assert expected == format_line(formatter, make_record(1_790_000_000.0))
+    assert limit == len(compiles)
+    first = logging.Formatter("req-0 %(levelname)-7s %(message)s")  # compiled, kept
+    assert "req-0 INFO    served 5 ok\n" == format_line(first, make_record(1_790_000_000.0))
+    assert limit == len(compiles)
