@@ -295,16 +295,32 @@ class GCSHandler(logging.Handler):
         else:
             rv = record if _HANDLE_RETURNS_RECORD else True
         formatter = self.formatter
-        if (
+        if not (
             self._stock_emit
             and (formatter is None or type(formatter) is logging.Formatter)
             and "emit" not in (own := self.__dict__)  # replaced on the instance: theirs
             and "format" not in own
         ):
-            self.emit(record)
-        else:
             with self.lock:  # type: ignore[union-attr]  # made in Handler.__init__
                 self.emit(record)
+            return rv
+        # emit() and _put(), unrolled: this is every record's path, and the two frames and
+        # emit()'s second look at format() cost ~0.2 us a record (measured A/B). Keep the
+        # three in step.
+        try:
+            if self._stream_name is None:
+                self._stream_name = record.name or "log"
+            line = format_line(formatter or _DEFAULT_FORMATTER, record)
+            created = record.created if self._wall_clock else self._clock()
+            data = line.encode("utf-8", "backslashreplace")
+        except Exception:
+            self.handleError(record)
+            return rv
+        if self._queue.put(created, data, self._block_timeout):
+            if not self._shipper.started:
+                self._shipper.start()
+        elif self._closed:
+            self._said_after_close()
         return rv
 
     def format(self, record: logging.LogRecord) -> str:
@@ -347,12 +363,15 @@ class GCSHandler(logging.Handler):
             if not self._shipper.started:
                 self._shipper.start()
         elif self._closed:
-            self._reporter.report(
-                "after-close",
-                "records logged after close() are dropped (counted in handler.dropped)",
-                error=False,
-            )
+            self._said_after_close()
         return queued
+
+    def _said_after_close(self) -> None:
+        self._reporter.report(
+            "after-close",
+            "records logged after close() are dropped (counted in handler.dropped)",
+            error=False,
+        )
 
     def _drop_note(self, count: int, reasons: str) -> bytes:
         """The line the stream itself carries about dropped records, in the handler's format."""
