@@ -163,9 +163,10 @@ class RecordQueue:
         nested = lock._is_owned() or (  # type: ignore[attr-defined]
             bool(self._waiting) and _get_ident() in self._waiting
         )
-        # acquire/release rather than "with": this runs per record (about 0.1 us less).
-        lock.acquire()
-        try:
+        # "with", not acquire()/try: CPython runs signal handlers after a C call returns,
+        # so a KeyboardInterrupt between acquire() and the try would leave the lock held
+        # for ever (the shipper then waits on it); "with" leaves no such gap.
+        with lock:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
@@ -184,8 +185,6 @@ class RecordQueue:
             if self._consumer_idle and not nested:
                 self._consumer_idle = False  # once per wake-up, not once per record
                 self._ready.notify()
-        finally:
-            lock.release()
         return True
 
     def put_marker(self) -> bool:
