@@ -137,8 +137,8 @@ class Shipper:
         """
         if not self._start_lock.acquire(blocking=False):
             return
-        self._starter = threading.get_ident()
         try:
+            self._starter = threading.get_ident()
             if self._thread is not None or self.inline:
                 return
             thread = threading.Thread(
