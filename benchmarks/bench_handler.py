@@ -62,6 +62,7 @@ from typing import Any
 
 from bench_writer import RssSampler  # the script's own folder is first on sys.path
 
+import gcs_log_sink
 from gcs_log_sink import GCSHandler
 from gcs_log_sink._localgcs import LocalGCS
 
@@ -313,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.monotonic()
     print("load average at start:", *(f"{load:.2f}" for load in os.getloadavg()), flush=True)
+    # Which code is measured: A/B runs put another checkout first on PYTHONPATH.
+    print("gcs_log_sink from", Path(gcs_log_sink.__file__).parent, flush=True)
     costs: dict[str, list[float]] = {kind: [] for kind in KINDS}
     cpu_costs: dict[str, list[float]] = {kind: [] for kind in KINDS}
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}

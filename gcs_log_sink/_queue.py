@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+_get_ident = threading.get_ident
+_created_of = operator.itemgetter(0)
 
 __all__ = [
     "ROTATE",
@@ -97,6 +102,15 @@ class Ledger:
     notes: int  # of the records, the handler's own notes of what it dropped
 
 
+def _newest(records: list[Any]) -> float:
+    """The latest creation time among ``records`` (no markers), counted in C; a NaN is
+    skipped, as ``take()``'s loop skips it."""
+    newest: float = max(map(_created_of, records))
+    if newest != newest:  # a NaN came first: max() kept it
+        newest = max((c for c in map(_created_of, records) if c == c), default=-math.inf)
+    return newest
+
+
 class RecordQueue:
     """A FIFO of ``(created, bytes)`` records bounded by count and bytes."""
 
@@ -107,6 +121,7 @@ class RecordQueue:
         self._space = threading.Condition(self._lock)  # producers wait here for room
         self._ready = threading.Condition(self._lock)  # the shipper sleeps here
         self._items: collections.deque[Entry] = collections.deque()
+        self._markers = 0  # rotate markers among _items
         self._waiting: set[int] = set()  # threads waiting for room in put(), lock released
         self._consumer_idle = False  # the shipper sleeps on _ready until woken
         self._urgent = False  # someone waits on the shipper (flush, rotate, close)
@@ -146,15 +161,21 @@ class RecordQueue:
         # Re-entered by a signal handler: while this thread holds the lock (inside put or
         # waking the shipper), or while it waits for room (the lock released meanwhile).
         nested = lock._is_owned() or (  # type: ignore[attr-defined]
-            bool(self._waiting) and threading.get_ident() in self._waiting
+            bool(self._waiting) and _get_ident() in self._waiting
         )
+        # "with", not acquire()/try: CPython runs signal handlers after a C call returns,
+        # so a KeyboardInterrupt between acquire() and the try would leave the lock held
+        # for ever (the shipper then waits on it); "with" leaves no such gap.
         with lock:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
-            if not self._has_room(size) and (
-                nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
-            ):
+            # _has_room()'s rule, unrolled on the common path (one frame less per record).
+            queued = self._queued_records
+            if (
+                queued >= self._max_records
+                or (queued and self._queued_bytes + size > self._max_bytes)
+            ) and (nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)):
                 self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
                 return False
             self._items.append((created, data))
@@ -172,6 +193,7 @@ class RecordQueue:
             if self._closed:
                 return False
             self._items.append(ROTATE)
+            self._markers += 1
             self._accepted += 1
             self._urgent = True
             self._ready.notify_all()
@@ -216,6 +238,26 @@ class RecordQueue:
         newest = -math.inf
         with self._lock:
             items = self._items
+            if (
+                items
+                and not self._markers
+                and self._queued_records <= max_records
+                and self._queued_bytes < max_bytes
+            ):
+                # All of it, and only records: the deque is handed over whole and counted in
+                # C (the loop below costs ~0.3 us a record, under the lock and the GIL).
+                self._items = collections.deque()
+                entries.extend(items)
+                records, size = len(entries), self._queued_bytes
+                newest = _newest(entries)
+                self._in_flight_oldest = entries[0][0]  # type: ignore[index]
+                batch.size, batch.records, batch.newest = size, records, newest
+                self._queued_records = 0
+                self._queued_bytes = 0
+                self._in_flight += records
+                batch.final = self._closed
+                self._space.notify_all()
+                return batch
             popleft = items.popleft
             # Locals, not the batch's attributes, in the loop: it runs per record with the
             # queue's lock held, and callers wait on that lock.
@@ -224,6 +266,7 @@ class RecordQueue:
                 append(entry)
                 taken += 1
                 if entry is ROTATE:
+                    self._markers -= 1
                     continue
                 created = entry[0]  # type: ignore[index]  # a record: no isinstance per record
                 if not records:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from gcs_log_sink._queue import ROTATE, DropReason, RecordQueue
+from gcs_log_sink._queue import ROTATE, Batch, DropReason, RecordQueue
 
 
 def test_bounded_by_records_and_bytes_and_drops_are_counted_by_reason() -> None:
@@ -116,3 +116,86 @@ def test_flush_requests_are_ready_once_their_entries_are_settled() -> None:
     assert [] == queue.ready_flushes()
     queue.settle(1)
     assert [request] == queue.ready_flushes()
+
+
+# -- take() of the whole queue at once (issue 13) ---------------------------------------------
+
+
+def loop_take(entries: list[tuple[float, bytes]], max_bytes: int, max_records: int) -> Batch:
+    """What take() gives through its per-entry loop: a marker queued first forces it."""
+    queue = RecordQueue(max_records=10_000, max_bytes=1 << 30)
+    queue.put_marker()
+    for created, data in entries:
+        queue.put(created, data, 0)
+    assert [ROTATE] == queue.take(max_bytes=1, max_records=1).entries
+    queue.put_marker()  # keeps the loop for the next take
+    return queue.take(max_bytes, max_records)
+
+
+def test_a_queue_within_the_bounds_is_taken_whole_with_the_loop_s_counts() -> None:
+    """All records, in order, with the size, count, newest and oldest the loop gives."""
+    entries = [(5.0, b"aa"), (3.0, b"bbb"), (9.5, b"c"), (7.0, b"dddd")]
+    queue = RecordQueue(max_records=100, max_bytes=1000)
+    for created, data in entries:
+        queue.put(created, data, 0)
+    batch = queue.take(max_bytes=1000, max_records=100)
+    expected = loop_take(entries, 1000, 100)
+    assert entries == batch.entries
+    assert expected.entries[:-1] == batch.entries  # the loop also took the trailing marker
+    assert (expected.size, expected.records, expected.newest) == (
+        batch.size,
+        batch.records,
+        batch.newest,
+    )
+    ledger = queue.ledger()
+    assert (0, 0, 4, 5.0) == (
+        ledger.queued_records,
+        ledger.queued_bytes,
+        ledger.in_flight,
+        ledger.oldest_unshipped,
+    )
+    assert not batch.final
+
+
+def test_a_nan_creation_time_is_skipped_as_the_loop_skips_it() -> None:
+    """newest ignores NaN wherever it stands, as the loop's ``>`` does."""
+    nan = float("nan")
+    for entries in (
+        [(nan, b"a"), (2.0, b"b"), (1.0, b"c")],
+        [(1.0, b"a"), (nan, b"b"), (2.0, b"c")],
+        [(nan, b"a")],
+    ):
+        queue = RecordQueue(max_records=100, max_bytes=1000)
+        for created, data in entries:
+            queue.put(created, data, 0)
+        assert loop_take(entries, 1000, 100).newest == queue.take(1000, 100).newest
+
+
+def test_past_a_bound_or_with_a_marker_take_goes_entry_by_entry() -> None:
+    """Over max_bytes or max_records, or a marker queued: the loop's bounded batches, and
+    the whole-queue take again once the marker is gone."""
+    queue = RecordQueue(max_records=100, max_bytes=1000)
+    for i in range(6):
+        queue.put(float(i), b"xx", 0)
+    assert 3 == queue.take(max_bytes=1000, max_records=3).records
+    assert 2 == queue.take(max_bytes=4, max_records=100).records  # 4 bytes: not < 4
+    queue.put_marker()
+    queue.put(9.0, b"yy", 0)
+    assert [(5.0, b"xx"), ROTATE, (9.0, b"yy")] == queue.take(1000, 100).entries
+    queue.put(10.0, b"zz", 0)
+    queue.close()
+    last = queue.take(1000, 100)
+    assert ([(10.0, b"zz")], True) == (last.entries, last.final)
+    assert 8 == queue.ledger().in_flight
+
+
+def test_records_put_after_a_whole_take_go_into_the_next_batch() -> None:
+    """The queue hands its deque over and starts a new one: nothing is lost between them."""
+    queue = RecordQueue(max_records=100, max_bytes=1000)
+    queue.put(1.0, b"a", 0)
+    first = queue.take(1000, 100)
+    queue.put(2.0, b"b", 0)
+    queue.put(3.0, b"c", 0)
+    assert [(1.0, b"a")] == first.entries
+    assert [(2.0, b"b"), (3.0, b"c")] == queue.take(1000, 100).entries
+    assert (0, 3) == (queue.ledger().queued_records, queue.ledger().in_flight)
