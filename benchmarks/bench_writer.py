@@ -3,11 +3,12 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_writer.py [--mib 256] [--repeat 3] \
-        [--write-sizes 4096,65536] [--baseline-src DIR]
+        [--write-sizes 4096,65536] [--baseline-src DIR] [--start-src DIR]
 
 ``--baseline-src DIR`` adds the writer ``baseline``: GCSObjectStream imported from another
 checkout (``git archive main | tar -x -C DIR``), so before and after share one run, one
-server and one machine.
+server and one machine. ``--start-src DIR`` adds a second such writer, ``start`` (say, the
+session's starting point next to an older baseline), with its own ``x start`` column.
 
 One local GCS server (:class:`gcs_log_sink.testing.LocalGCS`, on 127.0.0.1) takes, in turn:
 
@@ -59,8 +60,10 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
-WRITERS = ("ours", "baseline", "blobwriter", "smart_open", "ceiling", "ceiling_chunk")
-DEFAULT_WRITERS = ("ours", "baseline", "blobwriter")
+WRITERS = ("ours", "baseline", "start", "blobwriter", "smart_open", "ceiling", "ceiling_chunk")
+DEFAULT_WRITERS = ("ours", "baseline", "start", "blobwriter")
+# The writers that are GCSObjectStream from some checkout, and the option naming it.
+SOURCES = {"ours": None, "baseline": "baseline_src", "start": "start_src"}
 BUCKET = "bench"
 
 
@@ -110,7 +113,7 @@ def stream_into(writer: Any, data: bytes, write_size: int) -> None:
 
 def open_writer(kind: str, client: Any, name: str, chunk: int) -> Any:
     """A binary file that streams into ``gs://bench/name``, as ``kind`` makes one."""
-    if kind in ("ours", "baseline"):  # baseline: the same import from --baseline-src
+    if kind in SOURCES:  # baseline, start: the same import from another checkout
         from gcs_log_sink import GCSObjectStream
 
         return GCSObjectStream(BUCKET, name, client=client, chunk_size=chunk)
@@ -140,7 +143,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     client = make_client(args.url)
     # Imports before the clock: a first import costs ~0.1 s of CPU, which is no writer's
     # cost per byte (BlobWriter's module is already loaded by make_client).
-    if args.one in ("ours", "baseline"):
+    if args.one in SOURCES:
         import gcs_log_sink  # noqa: F401
     elif args.one == "smart_open":
         import smart_open  # noqa: F401
@@ -178,7 +181,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": elapsed,
         "mb_per_s": len(data) / elapsed / 1e6,
         "cpu_s_per_gib": cpu / (len(data) / 2**30),
-        "module": __import__("gcs_log_sink").__file__ if args.one in ("ours", "baseline") else "",
+        "module": __import__("gcs_log_sink").__file__ if args.one in SOURCES else "",
         "peak_growth_mib": (sampler.peak - baseline) / MIB,
         "ru_maxrss_growth_mib": (ru_maxrss - baseline) / MIB,
     }
@@ -196,9 +199,10 @@ def run_child(args: argparse.Namespace, writer: str, url: str, write_size: int) 
     command = [sys.executable, str(Path(__file__).resolve())]
     command += [str(item) for pair in options.items() for item in pair]
     env = dict(os.environ)
-    if writer == "baseline":
+    source = SOURCES.get(writer)
+    if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(Path(args.baseline_src).resolve()), env.get("PYTHONPATH")) if p
+            p for p in (str(Path(getattr(args, source)).resolve()), env.get("PYTHONPATH")) if p
         )
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
@@ -227,7 +231,7 @@ def report(
     )
     header = (
         f"{'writer':<14}{'MB/s':>8}{'x BlobW':>9}{'CPU s/GiB':>11}{'x BlobW':>9}"
-        f"{'x baseline':>11}{'peak RSS +MiB':>15}{'ru_maxrss +MiB':>16}"
+        f"{'x baseline':>11}{'x start':>9}{'peak RSS +MiB':>15}{'ru_maxrss +MiB':>16}"
     )
     print(header + "\n" + "-" * len(header))
     for writer in runs:
@@ -235,6 +239,7 @@ def report(
             f"{writer:<14}{speed[writer]:>8.1f}{ratio(speed[writer], speed.get('blobwriter')):>9}"
             f"{cpu[writer]:>11.3f}{ratio(cpu[writer], cpu.get('blobwriter')):>9}"
             f"{ratio(cpu[writer], cpu.get('baseline')):>11}"
+            f"{ratio(cpu[writer], cpu.get('start')):>9}"
             f"{growth[writer]:>15.1f}{hwm[writer]:>16.1f}"
         )
     if "ours" not in runs:
@@ -274,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline-src", help="a checkout whose gcs_log_sink the 'baseline' writer imports"
     )
+    parser.add_argument(
+        "--start-src", help="another checkout, imported by the 'start' writer (session start)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
     parser.add_argument("--one", choices=WRITERS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -288,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(writers) - set(WRITERS)
     if unknown:
         parser.error(f"unknown writers: {', '.join(sorted(unknown))}")
-    if "baseline" in writers and not args.baseline_src:
-        writers.remove("baseline")
+    for writer, source in SOURCES.items():
+        if source is not None and writer in writers and not getattr(args, source):
+            writers.remove(writer)
     sizes = [int(size) for size in args.write_sizes.split(",") if size.strip()]
     runs: dict[int, dict[str, list[dict[str, Any]]]] = {s: {w: [] for w in writers} for s in sizes}
     with LocalGCS() as gcs:

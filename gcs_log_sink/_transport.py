@@ -16,6 +16,7 @@ whose connection pools register each connection they hand out (:class:`_WatchedA
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import http.client
 import itertools
@@ -77,7 +78,10 @@ class InvalidRequestError(Exception):
     """The URL cannot be sent at all (no scheme, no host, bad port): configuration."""
 
 
+@functools.cache
 def user_agent() -> str:
+    """Our User-Agent: looked up once (the package metadata read cost ~0.8 ms of CPU, paid
+    twice per stream, i.e. per rotated object or ``tee`` part)."""
     try:
         version = metadata.version("gcs-log-sink")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree

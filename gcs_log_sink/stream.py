@@ -53,6 +53,14 @@ from .spool import Segment, Spool
 __all__ = ["DEFAULT_CHUNK_SIZE", "GCSObjectStream"]
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
+# Small ``bytes`` writes are staged (kept by reference in a list) and go into the chunk
+# buffer about _STAGE_BYTES at a time: one join, one CRC32C call and one copy into place
+# per ~64 KiB instead of a method call, a CRC32C call and a slice copy per write (issue 13:
+# at 4 KiB that is ~260,000 writes per GiB). Writes of _STAGE_WRITE_MAX or more gain
+# nothing from it and go straight in. Staged bytes count in tell() and ``buffered``, and
+# with a spool each write still goes to the segment first, as it did.
+_STAGE_WRITE_MAX = 16 * 1024
+_STAGE_BYTES = 64 * 1024
 # How long a garbage-collected stream tries to cancel its session: a finalizer runs on
 # whatever thread collects it, so it must not block for a whole ``timeout``.
 _ABANDON_SECONDS = 2.0
@@ -193,6 +201,12 @@ class GCSObjectStream(io.BufferedIOBase):
         self._failure: errors.GCSLogSinkError | None = None
         self._result: Finalized | None = None
         self._buffer = ChunkBuffer()  # room for a chunk once chunk_size is known
+        self._staged: list[bytes] = []  # written, not yet in self._buffer (see write())
+        self._staged_size = 0
+        self._end = 0  # tell(): bytes written, staged ones included
+        # The tell() at which a whole chunk is held (confirmed + chunk_size): a write that
+        # reaches it sends, staged or not. Never above the truth (confirmed only grows).
+        self._chunk_due = 0
         self._resumed_at = 0
         self._wire_error = "connection failed"  # why the last request got no answer
         self._spool: Spool | None = None
@@ -204,6 +218,7 @@ class GCSObjectStream(io.BufferedIOBase):
         self.name: str = validate_object_name(name)
         self._chunk_size = validate_chunk_size(chunk_size)
         self._buffer = ChunkBuffer(self._chunk_size)
+        self._chunk_due = self._chunk_size
         if not isinstance(content_type, str) or not content_type:
             raise errors.ConfigurationError("content_type must be a non-empty str")
         self._metadata = _validate_metadata(metadata)
@@ -282,6 +297,8 @@ class GCSObjectStream(io.BufferedIOBase):
                 self._resumed_at = self._known_size(outcome)
                 return
             self._buffer.start_at(outcome.offset, prefix_crc(outcome.offset))
+            self._end = outcome.offset
+            self._chunk_due = outcome.offset + self._chunk_size
             self._resumed_at = outcome.offset
             return
 
@@ -296,9 +313,29 @@ class GCSObjectStream(io.BufferedIOBase):
 
     def write(self, data: Any) -> int:  # bytes-like; Any to keep BufferedIOBase's signature
         """Buffer ``data``; send a chunk if a whole one is buffered. Returns ``len(data)``."""
-        # The common case (small ``bytes``, no chunk due) is a copy into the buffer and one
-        # CRC32C call: no memoryview, no property, no method call it can do without.
+        # acquire/release rather than ``with``: measured ~0.15 us less per call, a tenth of a
+        # 4 KiB write's own cost.
+        lock = self._lock
         if type(data) is bytes:
+            size = len(data)
+            if size < _STAGE_WRITE_MAX:
+                # The common case (small ``bytes``): kept by reference, no copy, no CRC yet.
+                lock.acquire()
+                try:
+                    if self._failure is not None or self.closed:
+                        self._check_open()
+                    if self._segment is not None:
+                        self._segment.write(data, 0)  # the spool first: crash-safe order
+                    self._staged.append(data)
+                    self._end = end = self._end + size
+                    self._staged_size = staged = self._staged_size + size
+                    if staged >= _STAGE_BYTES or end >= self._chunk_due:
+                        self._unstage()
+                        if self._buffer.pending >= self._chunk_size:
+                            self._upload(final=False, drain=False)
+                finally:
+                    lock.release()
+                return size
             block = data
         elif isinstance(data, str):
             raise TypeError(
@@ -306,20 +343,58 @@ class GCSObjectStream(io.BufferedIOBase):
             )
         else:
             block = bytes(memoryview(data).cast("B"))
-        # acquire/release rather than ``with``: measured ~0.15 us less per call, a tenth of a
-        # 4 KiB write's own cost.
-        lock = self._lock
         lock.acquire()
         try:
             if self._failure is not None or self.closed:
                 self._check_open()
             if self._segment is not None:
                 self._segment.write(block, 0)
+            if self._staged:
+                self._unstage()  # the staged bytes come first
+            self._end += len(block)
             if self._buffer.append(block) >= self._chunk_size:
                 self._upload(final=False, drain=False)
         finally:
             lock.release()
         return len(block)
+
+    def _unstage(self) -> None:
+        """Move the staged writes into the chunk buffer (one join, one CRC32C call).
+
+        When they hold more than the rest of a chunk, the chunk is filled exactly, sent,
+        and the rest goes in after: the buffer then never grows past its chunk for small
+        writes (memory stays one chunk, recycled as it is; see ChunkBuffer.recycle).
+        """
+        staged = self._staged
+        if not staged:
+            return
+        size = self._staged_size
+        room = self._chunk_size - self._buffer.pending
+        if not 0 < room < size or not self._active():
+            block = staged[0] if len(staged) == 1 else b"".join(staged)
+            staged.clear()
+            self._staged_size = 0
+            self._buffer.append(block)
+            return
+        index, filled = 0, 0
+        while filled + len(staged[index]) <= room:
+            filled += len(staged[index])
+            index += 1
+        cut = memoryview(staged[index])
+        head = b"".join([*staged[:index], cut[: room - filled]])
+        tail = b"".join([cut[room - filled :], *staged[index + 1 :]])
+        cut.release()
+        staged.clear()
+        self._staged_size = 0
+        self._buffer.append(head)
+        try:
+            self._upload(final=False, drain=False)
+        except BaseException:
+            # Not lost: still staged, so tell() stays true and a later close() sends it.
+            staged.append(tail)
+            self._staged_size = len(tail)
+            raise
+        self._buffer.append(tail)
 
     def flush(self) -> None:
         """Send every whole 256 KiB unit buffered.
@@ -330,6 +405,7 @@ class GCSObjectStream(io.BufferedIOBase):
         with self._lock:
             if self._active() and self._segment is not None:
                 self._segment.sync()  # with a spool, flushed bytes survive a crash
+            self._unstage()
             if self._active() and self._buffer.pending >= UPLOAD_UNIT:
                 self._upload(final=False, drain=True)
 
@@ -341,6 +417,9 @@ class GCSObjectStream(io.BufferedIOBase):
             try:
                 if self._active():
                     self._upload(final=True, drain=True)
+                    # Verified, and no request of ours is in flight: the chunk memory can
+                    # serve the next stream (a failed close keeps it: _retained_whole).
+                    self._buffer.recycle()
                     if self._segment is not None:
                         self._segment.remove()  # GCS has it all, verified
             finally:
@@ -365,6 +444,8 @@ class GCSObjectStream(io.BufferedIOBase):
                 self._failure = self._failure or errors.SessionLostError(
                     "upload aborted", bucket=self.bucket, name=self.name
                 )
+                self._staged.clear()
+                self._buffer.recycle()  # under the lock: no request of ours is in flight
                 if self._segment is not None:
                     self._segment.remove()
                 if self._spool is not None:
@@ -404,18 +485,19 @@ class GCSObjectStream(io.BufferedIOBase):
         """Every byte written, while GCS has confirmed none of them (all are still held):
         what a writer can send again under another name when the finalize was refused."""
         with self._lock:
+            self._unstage()
             if self._buffer.confirmed != 0:
                 return None
             return bytes(self._buffer.peek(self._buffer.pending))
 
     def tell(self) -> int:
         """Bytes written so far."""
-        return self._buffer.end
+        return self._end
 
     @property
     def buffered(self) -> int:
         """Bytes written but not yet confirmed by GCS: the memory this stream holds."""
-        return self._buffer.pending
+        return self._end - self._buffer.confirmed
 
     @property
     def chunk_size(self) -> int:
@@ -479,6 +561,13 @@ class GCSObjectStream(io.BufferedIOBase):
 
     def _upload(self, *, final: bool, drain: bool) -> None:
         """Send what the chunk policy says, recovering from faults, until done or failed."""
+        self._unstage()
+        try:
+            self._upload_loop(final=final, drain=drain)
+        finally:
+            self._chunk_due = self._buffer.confirmed + self._chunk_size
+
+    def _upload_loop(self, *, final: bool, drain: bool) -> None:
         attempt: Attempt | None = None
         asking = False  # the next request is a status query, not data
         while True:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import google_crc32c
 import pytest
 
+from gcs_log_sink import _chunks
 from gcs_log_sink._chunks import UPLOAD_UNIT, ChunkBuffer, crc32c_base64, next_chunk_length
 
 
@@ -166,3 +169,116 @@ def test_negative_capacity_is_refused() -> None:
     """A capacity is a byte count."""
     with pytest.raises(ValueError, match="capacity"):
         ChunkBuffer(-1)
+
+
+@pytest.fixture(autouse=True)
+def free_list() -> Iterator[dict[int, bytearray]]:
+    """The module's free list of chunk memory, empty for the test and restored after it."""
+    saved = dict(_chunks._FREE)
+    _chunks._FREE.clear()
+    yield _chunks._FREE
+    _chunks._FREE.clear()
+    _chunks._FREE.update(saved)
+
+
+def test_recycled_memory_serves_the_next_buffer_of_that_capacity(
+    free_list: dict[int, bytearray],
+) -> None:
+    """A finished buffer's memory goes to the next buffer of its capacity (warm pages, no
+    new mmap), which sees only its own bytes; one of another capacity gets new memory."""
+    first = ChunkBuffer(UPLOAD_UNIT)
+    memory = first._whole.obj
+    first.append(b"a" * 1000)
+    first.recycle()
+    assert [UPLOAD_UNIT] == list(free_list)
+    second = ChunkBuffer(UPLOAD_UNIT)
+    assert memory is second._whole.obj
+    assert {} == free_list
+    second.append(b"bb")
+    assert b"bb" == second.peek(second.pending)
+    assert memory is not ChunkBuffer(2 * UPLOAD_UNIT)._whole.obj
+
+
+def test_recycle_keeps_end_and_crc_and_refuses_later_appends(
+    free_list: dict[int, bytearray],
+) -> None:
+    """After recycle() the counters still describe what was written; an append fails
+    instead of writing into memory another buffer may now own."""
+    buffer = ChunkBuffer(UPLOAD_UNIT)
+    buffer.append(b"x" * 5000)
+    buffer.release_to(1000)
+    buffer.recycle()
+    assert (5000, 5000, 0) == (buffer.confirmed, buffer.end, buffer.pending)
+    assert google_crc32c.value(b"x" * 5000) == buffer.crc32c
+    with pytest.raises(ValueError, match="recycle"):
+        buffer.append(b"y")
+
+
+def test_free_list_is_bounded(free_list: dict[int, bytearray]) -> None:
+    """Idle memory stays bounded: one chunk per capacity, a few capacities (the most
+    recently recycled), and memory grown past its capacity by a write is not kept (a
+    buffer made from it would hold more than a chunk)."""
+    for _ in range(3):
+        ChunkBuffer(UPLOAD_UNIT).recycle()
+    assert [UPLOAD_UNIT] == list(free_list)
+    for units in range(2, 10):
+        ChunkBuffer(units * UPLOAD_UNIT).recycle()
+    assert _chunks._FREE_CAPACITIES == len(free_list)
+    assert 9 * UPLOAD_UNIT in free_list  # the sizes in use push out the older ones
+    grown = ChunkBuffer(2 * UPLOAD_UNIT)
+    free_list.clear()
+    grown.append(b"a")
+    grown.append(b"z" * (2 * UPLOAD_UNIT))  # does not fit: grows past its capacity
+    grown.recycle()
+    assert {} == free_list
+
+
+def test_a_write_of_a_chunk_or_more_is_held_by_reference_until_the_next_append() -> None:
+    """A whole-chunk write while nothing is held is not copied: the chunk views show the
+    caller's bytes. A partial confirm, then a small append: the unconfirmed tail is copied
+    into the buffer's own memory, in front of the new bytes; offsets and CRC are exact."""
+    buffer = ChunkBuffer(UPLOAD_UNIT)
+    own = buffer._whole.obj
+    data = bytes(range(256)) * (3 * UPLOAD_UNIT // 256) + b"tail"
+    buffer.append(data)
+    assert data is buffer._whole.obj  # no copy
+    assert data[:UPLOAD_UNIT] == bytes(buffer.view(UPLOAD_UNIT))
+    buffer.release_to(2 * UPLOAD_UNIT + 100)
+    buffer.append(b"next")
+    assert own is buffer._whole.obj  # the tail moved into the buffer's own memory
+    assert data[2 * UPLOAD_UNIT + 100 :] + b"next" == buffer.peek(buffer.pending)
+    assert (len(data) + 4, google_crc32c.value(data + b"next")) == (buffer.end, buffer.crc32c)
+
+
+def test_a_borrowed_write_wholly_confirmed_gives_the_memory_back() -> None:
+    """Once all of a borrowed write is confirmed the buffer lets go of it: the next
+    appends (an empty one too) go into its own memory; a tail too large for it grows."""
+    buffer = ChunkBuffer(UPLOAD_UNIT)
+    own = buffer._whole.obj
+    data = b"d" * (2 * UPLOAD_UNIT)
+    buffer.append(data)
+    buffer.release_to(len(data))
+    assert own is buffer._whole.obj
+    buffer.append(b"")
+    buffer.append(b"e" * 10)
+    assert own is buffer._whole.obj
+    assert b"e" * 10 == buffer.peek(10)
+    buffer.release_to(buffer.end)
+    big = b"f" * (3 * UPLOAD_UNIT)
+    buffer.append(big)
+    buffer.append(b"g" * 10)  # the whole borrowed write is still held: it needs new room
+    assert big + b"g" * 10 == buffer.peek(buffer.pending)
+    assert 3 * UPLOAD_UNIT + 10 == buffer.capacity
+
+
+def test_recycle_while_a_write_is_borrowed_hands_back_the_own_memory(
+    free_list: dict[int, bytearray],
+) -> None:
+    """recycle() during a borrowed write recycles the buffer's own memory, never the
+    caller's bytes."""
+    buffer = ChunkBuffer(UPLOAD_UNIT)
+    own = buffer._whole.obj
+    buffer.append(b"h" * UPLOAD_UNIT)
+    buffer.recycle()
+    assert [UPLOAD_UNIT] == list(free_list)
+    assert own is free_list[UPLOAD_UNIT]
