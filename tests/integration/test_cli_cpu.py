@@ -65,12 +65,19 @@ def test_a_flood_with_parts_smaller_than_one_read_is_stored_exact(
 def test_drops_of_whole_reads_leave_exact_markers_and_a_verified_build_log(
     client: Any, bucket: str, proxy: FaultProxy
 ) -> None:
-    """--buffer-size 600K (two reads and a bit) while every chunk upload waits 2 s, 6 MiB
-    flooding in: whole 256 KiB reads are dropped. Kept pieces sit at their exact offsets,
-    each marker counts exactly the gap to the next kept piece, and build.log (markers
-    included in its CRC32C) is composed and verified."""
-    data = no_newline_data(6 * MIB, seed=21)
-    proxy.plan(rate=1.0, kinds=["delay_before"], match=lambda req: req.method == "PUT")
+    """--buffer-size 600K (two reads and a bit) while each part's upload takes 2 s to open
+    and every chunk upload waits 2 s, 12 MiB flooding in (more than the buffer, the
+    handler's queue and its batch in hand hold, about 6 MiB): whole 256 KiB reads are
+    dropped. Kept pieces sit at their exact offsets, each marker counts exactly the gap to
+    the next kept piece, and build.log (markers included in its CRC32C) is composed and
+    verified."""
+    data = no_newline_data(12 * MIB, seed=21)
+
+    def slow(req: Any) -> bool:  # not the start-up probe, nor compose: the parts' uploads
+        opens_a_part = "parts" in req.query or b"/parts/" in req.body
+        return req.method == "PUT" or (req.method == "POST" and opens_a_part)
+
+    proxy.plan(rate=1.0, kinds=["delay_before"], match=slow)
     process = tee_process(emulator_env(proxy.url), f"gs://{bucket}/drops", "--buffer-size", "600K")
     assert process.stdin is not None
     feeder = feed_in_background(process.stdin, random_writes(data, random.Random(5), MIB))
@@ -89,6 +96,7 @@ def test_drops_of_whole_reads_leave_exact_markers_and_a_verified_build_log(
     assert len(data) == offset
     assert counts, "nothing was dropped: the test did not fill the buffer"
     assert f"{sum(counts):,} bytes of output were dropped".encode() in err, err[-2000:]
+    assert {"POST", "PUT"} == {event.method for event in proxy.faults()}  # the stall happened
 
 
 FLOOD = (
