@@ -3,7 +3,7 @@ plain BlobWriter loop.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_cli.py [--mib 1024] [--repeat 3]
+    .venv/bin/python benchmarks/bench_cli.py [--mib 1024] [--repeat 3] [--baseline-src DIR]
 
 A generator process (this file, ``--generate``) writes ``yes``-style output (an 80-byte line
 repeated, in blocks of about 1 MiB), ``--mib`` MiB in all, into a pipe read by:
@@ -21,6 +21,11 @@ repeated, in blocks of about 1 MiB), ``--mib`` MiB in all, into a pipe read by:
   (drop when the buffer is full, so a build is never slowed) would measure how much is
   dropped, not how fast it ships. Its startup is on the clock: the generator starts once it
   waits on stdin, so its RSS before input is known.
+
+``--baseline-src DIR`` adds ``baseline``: the same ``tee`` command with ``gcs_log_sink``
+imported from another checkout (``PYTHONPATH=DIR``; same interpreter and packages), run in
+the same rounds right after ``ours``: machine load here moves every figure by up to 1.5x
+between runs minutes apart, so a before/after pair is only fair in one run.
 
 Each round: ``cat``, then each GCS pipeline on a wiped server (the emulator keeps objects in
 memory, and a fuller server is a slower one), alternating; MB/s is 10**6 bytes/s, the median
@@ -215,11 +220,20 @@ def verify(client: Any, name: str, total: int) -> None:
 
 
 class Startup(NamedTuple):
-    ours_s: float  # CPU of tee on empty input: imports, probe, handler, compose, clean-up
-    plain_s: float  # CPU of the BlobWriter loop on empty input: imports, one empty upload
+    ours_s: float  # CPU of tee on one block: imports, probe, handler, compose, clean-up
+    plain_s: float  # CPU of the BlobWriter loop on one block: imports, one upload
+    baseline_s: float = 0.0  # CPU of the baseline tee on one block (--baseline-src)
 
 
-def run_startup(env: dict[str, str], name: str) -> tuple[float, float]:
+def baseline_env(env: dict[str, str], src: str) -> dict[str, str]:
+    """``env`` with ``gcs_log_sink`` imported from the checkout ``src``."""
+    path = [str(Path(src).resolve()), env.get("PYTHONPATH", "")]
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
+def run_startup(
+    env: dict[str, str], name: str, baseline: dict[str, str] | None = None
+) -> tuple[float, ...]:
     """CPU seconds of ``tee`` and of the BlobWriter loop on one block (about 1 MiB) of input.
 
     Not on empty input: ``tee`` then ships no part and composes nothing, so its constant
@@ -227,14 +241,17 @@ def run_startup(env: dict[str, str], name: str) -> tuple[float, float]:
     share of the per-byte cost is about 0.002 s.
     """
     cpu = []
-    for command in (
-        [TEE, "tee", "--on-full", "wait", f"gs://{BUCKET}/{name}"],
-        [sys.executable, str(Path(__file__).resolve()), "--blobwriter", f"{name}-bw"],
-    ):
+    commands = [
+        ([TEE, "tee", "--on-full", "wait", f"gs://{BUCKET}/{name}"], env),
+        ([sys.executable, str(Path(__file__).resolve()), "--blobwriter", f"{name}-bw"], env),
+    ]
+    if baseline is not None:
+        commands.append(([TEE, "tee", "--on-full", "wait", f"gs://{BUCKET}/{name}-b"], baseline))
+    for command, command_env in commands:
         gen = generator(len(BLOCK), subprocess.PIPE)
         with open(os.devnull, "wb") as devnull:
             process = subprocess.Popen(
-                command, stdin=gen.stdout, stdout=devnull, stderr=devnull, env=env
+                command, stdin=gen.stdout, stdout=devnull, stderr=devnull, env=command_env
             )
         assert gen.stdout is not None
         gen.stdout.close()
@@ -242,7 +259,7 @@ def run_startup(env: dict[str, str], name: str) -> tuple[float, float]:
         if status or gen.wait():
             raise SystemExit(f"startup run failed: {command[1:3]} exited {status}")
         cpu.append(seconds)
-    return cpu[0], cpu[1]
+    return tuple(cpu)
 
 
 def report(
@@ -252,6 +269,7 @@ def report(
     plain: list[Plain],
     ours: list[Run],
     startup: Startup,
+    baseline: list[Run],
 ) -> bool:
     """Print the table, the ratios and the targets; True when the targets pass."""
     gib = total / GIB
@@ -267,6 +285,9 @@ def report(
         "ours": statistics.median(r.cpu_s for r in ours),
     }
     fixed = {"cat": 0.0, "plain": startup.plain_s, "ours": startup.ours_s}
+    if baseline:
+        run_cpu["baseline"] = statistics.median(r.cpu_s for r in baseline)
+        fixed["baseline"] = startup.baseline_s
     cpu = {k: v / gib for k, v in run_cpu.items()}
     per_byte = {k: max(0.0, run_cpu[k] - fixed[k]) / gib for k in run_cpu}
     print(
@@ -291,6 +312,17 @@ def report(
             f"{startup_s:>7.2f}{startup_mib:>8.1f}{peak_mib:>6.0f}",
         ),
     )
+    if baseline:
+        rows += (
+            (
+                f"the same, baseline ({Path(args.baseline_src).name})",
+                statistics.median(r.seconds for r in baseline),
+                "baseline",
+                f"{statistics.median(r.startup_s for r in baseline):>7.2f}"
+                f"{max(r.startup_rss for r in baseline) / MIB:>8.1f}"
+                f"{max(r.peak_rss for r in baseline) / MIB:>6.0f}",
+            ),
+        )
     for label, seconds, key, extra in rows:
         print(
             f"{label:<44}{total / seconds / 1e6:>7.1f}{seconds:>7.2f}{cpu[key]:>10.2f}"
@@ -304,6 +336,12 @@ def report(
         f"{per_byte['ours'] / per_byte['plain'] if per_byte['plain'] else 0:.2f}x, "
         f"startup CPU {startup.ours_s / startup.plain_s:.2f}x; MB/s {speed_ratio:.2f}x"
     )
+    if baseline:
+        print(
+            f"ratios, ours / baseline: CPU s/GiB {cpu['ours'] / cpu['baseline']:.2f}x, per-byte "
+            f"CPU {per_byte['ours'] / per_byte['baseline'] if per_byte['baseline'] else 0:.2f}x,"
+            f" startup CPU {startup.ours_s / startup.baseline_s:.2f}x"
+        )
     targets = {
         "ours CPU s/GiB <= 0.5x the BlobWriter loop's (issue 13)": cpu_ratio <= 0.5,
         "ours >= 0.5x the BlobWriter loop (MB/s)": speed_ratio >= 0.5,
@@ -320,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mib", type=int, default=500, help="MiB generated per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each pipeline")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target fails")
+    parser.add_argument(
+        "--baseline-src", help="a checkout whose gcs_log_sink a second tee run ('baseline') uses"
+    )
     parser.add_argument("--generate", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--blobwriter", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -336,17 +377,19 @@ def main(argv: list[str] | None = None) -> int:
     base: list[Plain] = []
     plain: list[Plain] = []
     ours: list[Run] = []
-    startups: list[tuple[float, float]] = []
+    baseline: list[Run] = []
+    startups: list[tuple[float, ...]] = []
     with LocalGCS() as gcs:
         client = gcs.client()
         client.create_bucket(BUCKET)
         env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs.url, "GOOGLE_CLOUD_PROJECT": "bench"}
         # As installed by pip: bytecode written once, then used (see the docstring).
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        run_startup(env, "warm-up")
+        other = baseline_env(env, args.baseline_src) if args.baseline_src else None
+        run_startup(env, "warm-up", other)
         for run in range(1, args.repeat + 1):
             gcs.wipe()
-            startups.append(run_startup(env, f"empty-{run}"))
+            startups.append(run_startup(env, f"empty-{run}", other))
             base.append(run_baseline(total))
             print(
                 f"[{run}/{args.repeat}] cat        {total / base[-1].seconds / 1e6:7.1f} MB/s; "
@@ -373,11 +416,23 @@ def main(argv: list[str] | None = None) -> int:
                 "build.log verified",
                 flush=True,
             )
+            if other is not None:
+                gcs.wipe()
+                baseline.append(run_ours(total, f"base-{run}", other))
+                verify(client, f"base-{run}/build.log", total)
+                print(
+                    f"[{run}/{args.repeat}] baseline   {total / baseline[-1].seconds / 1e6:7.1f}"
+                    f" MB/s, {baseline[-1].cpu_s / (total / GIB):.2f} CPU s/GiB; build.log "
+                    "verified",
+                    flush=True,
+                )
         gcs.wipe()
     startup = Startup(
-        statistics.median(s[0] for s in startups), statistics.median(s[1] for s in startups)
+        statistics.median(s[0] for s in startups),
+        statistics.median(s[1] for s in startups),
+        statistics.median(s[2] for s in startups) if other is not None else 0.0,
     )
-    passed = report(args, total, base, plain, ours, startup)
+    passed = report(args, total, base, plain, ours, startup, baseline)
     return 1 if args.check and not passed else 0
 
 

@@ -1,4 +1,4 @@
-"""tee and run with reads of up to 1 MiB (grown pipes): what the larger reads could break.
+"""tee and run with reads of up to 256 KiB (grown pipes): what the larger reads could break.
 
 Each test ships megabytes through the command and reads ``build.log`` back from the server,
 byte for byte; the terminal copy is compared too.
@@ -155,9 +155,9 @@ def test_stdin_from_a_file_or_a_socket_is_read_whole(
 
 
 def test_one_read_never_holds_more_than_the_buffer(client: Any, bucket: str) -> None:
-    """The pump's read size is the buffer's size when that is smaller than 1 MiB, so a
-    --buffer-size of 64K bounds what the kept output holds (a read into an empty buffer is
-    always kept whole); 32M (the default) reads 1 MiB at a time."""
+    """The pump's read size is the buffer's size when that is smaller than READ_SIZE (256
+    KiB), so a --buffer-size of 64K bounds what the kept output holds (a read into an empty
+    buffer is always kept whole); 32M (the default) reads READ_SIZE at a time."""
     from gcs_log_sink.capture import READ_SIZE, OutputShipper
     from gcs_log_sink.gsurl import parse_gs_url
 

@@ -26,7 +26,7 @@ def test_a_build_log_that_does_not_verify_is_removed_and_the_parts_kept(
     deadline = time.monotonic() + 10
     while shipper._size < 14 and time.monotonic() < deadline:  # the feeder took it
         time.sleep(0.01)
-    shipper._crc ^= 1
+    shipper.buffer.crc32c ^= 1
     result = shipper.finish()
     assert result.problem is not None
     assert "build.log removed, parts kept" in result.problem

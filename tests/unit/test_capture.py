@@ -128,6 +128,25 @@ def test_stop_waiting_turns_a_waiting_buffer_into_a_dropping_one() -> None:
     assert 7 == buffer.dropped_bytes
 
 
+def test_the_running_crc32c_is_of_exactly_what_the_feeder_gets() -> None:
+    """The end-to-end check of build.log is taken as puts are kept: it covers kept reads
+    and markers, in the order the feeder takes them, and no dropped byte (drops in the
+    middle and at the very end)."""
+    import google_crc32c
+
+    times = iter([5.0, 6.0, 7.0])
+    buffer = OutputBuffer(8, clock=lambda: next(times))
+    buffer.put(b"kept\n")
+    buffer.put(b"dropped\n")  # 5 + 8 > 8
+    taken = buffer.take()
+    buffer.put(b"more")
+    buffer.put(b"gone at the end")
+    assert taken is not None
+    taken += drain(buffer)
+    assert 2 == buffer.markers
+    assert google_crc32c.value(taken) == buffer.crc32c
+
+
 # -- the pump's reads: grown pipes, bounded read size (OS pipes, no server) ----------------
 
 import contextlib  # noqa: E402 - grouped with the tests that use it
