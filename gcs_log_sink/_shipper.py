@@ -60,6 +60,8 @@ _SMALL_BATCH = 512
 _BATCH_BYTES = 1024 * 1024
 _BATCH_RECORDS = 8192
 _data_of = operator.itemgetter(1)
+# A run of at most this many records is written record by record, not joined (_write_run).
+_WRITTEN_ONE_BY_ONE = 16
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,13 @@ class Shipper:
         callers' GIL ~0.2 us a record)."""
         if self._current is None:
             self._open(window)
+        if len(entries) <= _WRITTEN_ONE_BY_ONE:
+            # Few records (so, in a full batch, large ones: tee's 256 KiB reads): a join
+            # would copy each once more before the stream copies it into its chunk
+            # (~0.1 s/GiB), and a few calls cost nothing.
+            for created, data in entries:
+                self._write(data, 1, created)
+            return
         self._write(b"".join(map(_data_of, entries)), len(entries), entries[0][0])
 
     def _write(self, data: bytes, count: int, first_created: float) -> None:
