@@ -187,6 +187,12 @@ class RecordQueue:
                 self._ready.notify()
         return True
 
+    def held_here(self) -> bool:
+        """Whether the calling thread holds the queue's lock: a signal handler running in a
+        thread that was inside the queue. The shipper needs that lock to make progress, so
+        nothing that waits for the shipper can finish here."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
     def put_marker(self) -> bool:
         """Queue a rotate marker behind everything queued so far."""
         with self._lock:

@@ -423,6 +423,11 @@ class GCSHandler(logging.Handler):
         """Return once every record emitted before the call is in GCS (see the class doc)."""
         if not self._constructed or self._closed or _get_ident() in self._own_threads:
             return
+        if self._queue.held_here():
+            # A signal handler that interrupted this thread inside the queue: waiting would
+            # hold up the program for close_timeout and still ship nothing before it returns.
+            # The records ship once the interrupted call goes on.
+            return
         deadline = time.monotonic() + bounded(self._close_timeout)
         if not self._started_for(deadline):
             return
