@@ -313,15 +313,15 @@ class GCSObjectStream(io.BufferedIOBase):
 
     def write(self, data: Any) -> int:  # bytes-like; Any to keep BufferedIOBase's signature
         """Buffer ``data``; send a chunk if a whole one is buffered. Returns ``len(data)``."""
-        # acquire/release rather than ``with``: measured ~0.15 us less per call, a tenth of a
-        # 4 KiB write's own cost.
+        # "with", not acquire()/try (~0.15 us cheaper): CPython runs signal handlers after a
+        # C call returns, so a KeyboardInterrupt between acquire() and the try would leave
+        # the lock held for ever, and close() would then hang; "with" leaves no such gap.
         lock = self._lock
         if type(data) is bytes:
             size = len(data)
             if size < _STAGE_WRITE_MAX:
                 # The common case (small ``bytes``): kept by reference, no copy, no CRC yet.
-                lock.acquire()
-                try:
+                with lock:
                     if self._failure is not None or self.closed:
                         self._check_open()
                     if self._segment is not None:
@@ -333,8 +333,6 @@ class GCSObjectStream(io.BufferedIOBase):
                         self._unstage()
                         if self._buffer.pending >= self._chunk_size:
                             self._upload(final=False, drain=False)
-                finally:
-                    lock.release()
                 return size
             block = data
         elif isinstance(data, str):
@@ -343,8 +341,7 @@ class GCSObjectStream(io.BufferedIOBase):
             )
         else:
             block = bytes(memoryview(data).cast("B"))
-        lock.acquire()
-        try:
+        with lock:
             if self._failure is not None or self.closed:
                 self._check_open()
             if self._segment is not None:
@@ -354,8 +351,6 @@ class GCSObjectStream(io.BufferedIOBase):
             self._end += len(block)
             if self._buffer.append(block) >= self._chunk_size:
                 self._upload(final=False, drain=False)
-        finally:
-            lock.release()
         return len(block)
 
     def _unstage(self) -> None:
