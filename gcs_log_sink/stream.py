@@ -203,6 +203,10 @@ class GCSObjectStream(io.BufferedIOBase):
         self._buffer = ChunkBuffer()  # room for a chunk once chunk_size is known
         self._staged: list[bytes] = []  # written, not yet in self._buffer (see write())
         self._staged_size = 0
+        # Writes re-entered by a signal handler on the thread inside a call of ours, in
+        # order; the interrupted call (or the next one) takes them in (see _defer).
+        self._deferred: list[bytes] = []
+        self._closing = False
         self._end = 0  # tell(): bytes written, staged ones included
         # The tell() at which a whole chunk is held (confirmed + chunk_size): a write that
         # reaches it sends, staged or not. Never above the truth (confirmed only grows).
@@ -320,6 +324,9 @@ class GCSObjectStream(io.BufferedIOBase):
         if type(data) is bytes:
             size = len(data)
             if size < _STAGE_WRITE_MAX:
+                # A signal handler, running on this thread inside a call of ours:
+                if lock._is_owned():  # type: ignore[attr-defined]
+                    return self._defer(data)
                 # The common case (small ``bytes``): kept by reference, no copy, no CRC yet.
                 with lock:
                     if self._failure is not None or self.closed:
@@ -333,6 +340,8 @@ class GCSObjectStream(io.BufferedIOBase):
                         self._unstage()
                         if self._buffer.pending >= self._chunk_size:
                             self._upload(final=False, drain=False)
+                    if self._deferred:
+                        self._take_deferred()
                 return size
             block = data
         elif isinstance(data, str):
@@ -341,17 +350,48 @@ class GCSObjectStream(io.BufferedIOBase):
             )
         else:
             block = bytes(memoryview(data).cast("B"))
+        if lock._is_owned():  # type: ignore[attr-defined]
+            return self._defer(block)
         with lock:
             if self._failure is not None or self.closed:
                 self._check_open()
-            if self._segment is not None:
-                self._segment.write(block, 0)
-            if self._staged:
-                self._unstage()  # the staged bytes come first
-            self._end += len(block)
-            if self._buffer.append(block) >= self._chunk_size:
-                self._upload(final=False, drain=False)
+            self._append_block(block)
+            if self._deferred:
+                self._take_deferred()
         return len(block)
+
+    def _append_block(self, block: bytes) -> None:
+        """``write()`` of a block that is not staged; under the lock, checked open."""
+        if self._segment is not None:
+            self._segment.write(block, 0)
+        if self._staged:
+            self._unstage()  # the staged bytes come first
+        self._end += len(block)
+        if self._buffer.append(block) >= self._chunk_size:
+            self._upload(final=False, drain=False)
+
+    def _defer(self, block: bytes) -> int:
+        """A write from a signal handler that runs on the thread inside a call of ours.
+
+        The interrupted call may be halfway through the staged list, the chunk buffer, the
+        spool segment or a send (the lock is re-entrant, so the handler gets in): touching
+        any of them here would split or resend bytes. So the block is kept aside, in order,
+        and the interrupted call takes it in before it returns (it lands between two whole
+        writes); until then it is in memory only, even with a spool.
+        """
+        if self._failure is not None or self.closed:
+            self._check_open()
+        if self._closing:
+            raise ValueError("write() from a signal handler while the stream is closing")
+        self._deferred.append(block)  # one bytecode: safe against a further signal
+        return len(block)
+
+    def _take_deferred(self) -> None:
+        """Take in the writes signal handlers deferred (under the lock, not re-entered)."""
+        while self._deferred:
+            # A signal between the two assignments appends to ``pieces``, taken below.
+            pieces, self._deferred = self._deferred, []
+            self._append_block(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def _unstage(self) -> None:
         """Move the staged writes into the chunk buffer (one join, one CRC32C call).
@@ -397,7 +437,11 @@ class GCSObjectStream(io.BufferedIOBase):
         What is left (less than 256 KiB) can only reach GCS with the final chunk, at
         ``close()``: GCS accepts nothing smaller before the end of an upload.
         """
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            return  # a signal handler inside a call of ours, or IOBase.close() in close()
         with self._lock:
+            if self._deferred and self._active():
+                self._take_deferred()
             if self._active() and self._segment is not None:
                 self._segment.sync()  # with a spool, flushed bytes survive a crash
             self._unstage()
@@ -409,8 +453,11 @@ class GCSObjectStream(io.BufferedIOBase):
         with self._lock:
             if self.closed:
                 return
+            self._closing = True
             try:
                 if self._active():
+                    if self._deferred:
+                        self._take_deferred()
                     self._upload(final=True, drain=True)
                     # Verified, and no request of ours is in flight: the chunk memory can
                     # serve the next stream (a failed close keeps it: _retained_whole).
@@ -440,6 +487,7 @@ class GCSObjectStream(io.BufferedIOBase):
                     "upload aborted", bucket=self.bucket, name=self.name
                 )
                 self._staged.clear()
+                self._deferred.clear()
                 self._buffer.recycle()  # under the lock: no request of ours is in flight
                 if self._segment is not None:
                     self._segment.remove()
@@ -486,8 +534,9 @@ class GCSObjectStream(io.BufferedIOBase):
             return bytes(self._buffer.peek(self._buffer.pending))
 
     def tell(self) -> int:
-        """Bytes written so far."""
-        return self._end
+        """Bytes written so far (with any a signal handler's write deferred, see _defer)."""
+        deferred = self._deferred
+        return self._end + sum(map(len, deferred)) if deferred else self._end
 
     @property
     def buffered(self) -> int:
