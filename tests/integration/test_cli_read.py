@@ -65,7 +65,9 @@ def test_follow_waits_politely_for_a_missing_bucket_or_prefix(
     assert waited_for in lines[0]
     assert lines[1].startswith("gcs-log-sink: gave up after 1.2 s (--timeout)")
     assert 0.9 < elapsed < 1.2 + 5
-    assert len(proxy.events) <= 3 * (1.2 / 0.3 + 1)  # a few requests per poll, not thousands
+    # A few requests per poll, not thousands: up to 4 per poll and one poll more than the
+    # timeout holds (a loaded machine once gave 16 for 15 here: a poll at both ends).
+    assert len(proxy.events) <= 4 * (1.2 / 0.3 + 2)
 
 
 def test_cat_and_ls_read_a_gcshandler_prefix(
