@@ -170,12 +170,9 @@ class RecordQueue:
             if self._closed:
                 self._drop(DropReason.AFTER_CLOSE)
                 return False
-            # _has_room()'s rule, unrolled on the common path (one frame less per record).
-            queued = self._queued_records
-            if (
-                queued >= self._max_records
-                or (queued and self._queued_bytes + size > self._max_bytes)
-            ) and (nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)):
+            if not self._has_room(size) and (
+                nested or block_timeout <= 0 or not self._wait_for_room(size, block_timeout)
+            ):
                 self._drop(DropReason.AFTER_CLOSE if self._closed else DropReason.QUEUE_FULL)
                 return False
             self._items.append((created, data))
