@@ -34,7 +34,10 @@ class StockText(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         copy = logging.makeLogRecord(dict(record.__dict__))
-        self.lines.append(logging.Formatter.format(self.shared, copy))
+        try:
+            self.lines.append(logging.Formatter.format(self.shared, copy))
+        except Exception as exc:  # what ours must report, not store
+            self.lines.append(f"<error {type(exc).__name__}>")
 
 
 class Shown:
@@ -55,9 +58,14 @@ class Loud(str):
 
 
 def ship(
-    client: Any, bucket: str, logger: logging.Logger, formatter: logging.Formatter
+    client: Any,
+    bucket: str,
+    logger: logging.Logger,
+    formatter: logging.Formatter,
+    close_timeout: float = 10.0,
 ) -> tuple[GCSHandler, StockText]:
-    handler = GCSHandler(bucket, client=client)
+    """Ours and a StockText with the same formatter, both on ``logger``."""
+    handler = GCSHandler(bucket, client=client, close_timeout=close_timeout)
     handler.setFormatter(formatter)
     stock = StockText(formatter)
     logger.addHandler(handler)

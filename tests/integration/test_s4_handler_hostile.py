@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from faultproxy import FaultProxy, is_chunk_upload
 from helpers import bucket_text
+from test_handler_fastpath import StockText, ship
 
 from gcs_log_sink import GCSHandler
 from gcs_log_sink._localgcs import LocalGCS, emulator_env
@@ -32,33 +33,6 @@ from gcs_log_sink._localgcs import LocalGCS, emulator_env
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # 2023-11-14 22:13:20 UTC: a whole second, so a record's second is known.
 SECOND = 1_700_000_000.0
-
-
-class StockText(logging.Handler):
-    """Runs after ours: formats a copy of each record with ``logging.Formatter.format``."""
-
-    def __init__(self, formatter: logging.Formatter) -> None:
-        super().__init__()
-        self.shared = formatter
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        copy = logging.makeLogRecord(dict(record.__dict__))
-        try:
-            self.lines.append(logging.Formatter.format(self.shared, copy))
-        except Exception as exc:  # what ours must report, not store
-            self.lines.append(f"<error {type(exc).__name__}>")
-
-
-def ship(
-    client: Any, bucket: str, logger: logging.Logger, formatter: logging.Formatter
-) -> tuple[GCSHandler, StockText]:
-    handler = GCSHandler(bucket, client=client, close_timeout=10.0)
-    handler.setFormatter(formatter)
-    stock = StockText(formatter)
-    logger.addHandler(handler)
-    logger.addHandler(stock)
-    return handler, stock
 
 
 def record_at(logger: logging.Logger, created: float, msecs: float, msg: str) -> logging.LogRecord:
